@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   -> installs what it needs, runs the main job on the embedded demo checkpoint
+#   make test   -> installs what it needs, runs the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= report
+# The CPU wheel of torch; GPU users: see README ("Using a GPU").
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test install system-deps clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[notebook,nnsight,train,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: install system-deps
+	$(PY) -m workbench demo --out $(OUT)
+
+test: install system-deps
+	bash scripts/run-tests.sh $(PY)
+
+clean:
+	rm -rf $(VENV) $(OUT)
