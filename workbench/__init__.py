@@ -1,0 +1,26 @@
+"""moe-workbench: record, view and edit the routing of Mixture-of-Experts language models.
+
+Example:
+    >>> import workbench as wb
+    >>> from workbench.testing import tiny_model
+    >>> lm = wb.wrap(*tiny_model("mixtral"))
+    >>> trace = wb.record(lm, ["The quick brown fox"], progress=False)
+    >>> with wb.edit(lm, wb.Mask({0: [0]})):
+    ...     edited = wb.record(lm, ["The quick brown fox"], progress=False)
+    >>> bool((edited.topk_idx[0] != 0).all())
+    True
+"""
+
+from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, register, supported_model_types
+from workbench.kernels import RoutingRule
+from workbench.loading import MoEModel, load, wrap
+from workbench.probes import Force, KeepRank, Mask, Skip, Spec, TopK, TopP, edit, record
+from workbench.trace import RoutingTrace, TraceMismatchError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter", "Force", "KeepRank", "Mask", "MoEModel", "RoutingRule", "RoutingTrace", "Skip", "Spec",
+    "TopK", "TopP", "TraceMismatchError", "UnsupportedModelError", "edit", "get_adapter", "load",
+    "record", "register", "supported_model_types", "wrap",
+]

@@ -1,0 +1,193 @@
+"""Loading MoE checkpoints into a :class:`MoEModel` that knows its routing.
+
+Example:
+    >>> import workbench as wb
+    >>> from workbench.testing import tiny_model
+    >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+    >>> lm
+    MoEModel(qwen3_moe: E=8, k=2, rule: softmax -> top-k -> renormalise; moe_layers=[0, 1], fingerprint=...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, supported_model_types
+
+
+class MoEModel:
+    """A transformers MoE model with its tokenizer and what the workbench knows of its routing.
+
+    Attributes:
+        model: the transformers model (eval mode).
+        tokenizer: its tokenizer (may be None for :func:`wrap` without one).
+        adapter: the family :class:`~workbench.adapters.Adapter`.
+        num_experts: routed experts per MoE layer, ``E``.
+        top_k: experts per token, ``k``.
+        moe_layers: decoder-layer indices of the MoE blocks.
+        rule: the family's :class:`~workbench.kernels.RoutingRule`.
+        fingerprint: a short hash of the config and router weights; traces carry it.
+        source: where the model came from (path, hub id, ``"demo"`` or ``"memory"``).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, source: str = "memory"):
+        config = model.config
+        self.adapter: Adapter = get_adapter(config)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.config = self.adapter.text_config(config)
+        self.num_experts = int(self.adapter.num_experts(self.config))
+        self.top_k = int(self.adapter.top_k(self.config))
+        self.rule = self.adapter.rule(self.config)
+        self.moe_layers = self.adapter.moe_layers(model)
+        if not self.moe_layers:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} ({config.model_type}) has no MoE layers: every decoder layer "
+                "is dense. The workbench needs a model whose layers route tokens to experts.")
+        self.fingerprint = compute_fingerprint(model, self.adapter, self.moe_layers)
+        self._probes = None
+
+    # -- modules -------------------------------------------------------------------------
+    def block(self, layer: int) -> torch.nn.Module:
+        """The MoE block of decoder layer ``layer``."""
+        self._check_layer(layer)
+        return self.adapter.block(self.adapter.decoder_layers(self.model)[layer])
+
+    def router(self, layer: int) -> torch.nn.Module:
+        return self.adapter.router(self.block(layer))
+
+    def experts(self, layer: int) -> torch.nn.Module:
+        return self.adapter.experts(self.block(layer))
+
+    def selection_bias(self, layer: int) -> torch.Tensor | None:
+        """The per-expert selection bias of a sigmoid-routed layer, else None."""
+        return self.adapter.selection_bias(self.block(layer))
+
+    def shared_experts(self, layer: int) -> list[torch.nn.Module]:
+        return self.adapter.shared_experts(self.block(layer))
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.moe_layers:
+            raise ValueError(f"layer {layer} is not an MoE layer of this model; MoE layers: {self.moe_layers}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def probes(self):
+        """The hook manager that carries recordings and edits (created on first use)."""
+        if self._probes is None:
+            from workbench.probes.hooks import ProbeManager
+
+            self._probes = ProbeManager(self)
+        return self._probes
+
+    @property
+    def name(self) -> str:
+        return getattr(self.model.config, "_name_or_path", "") or self.source
+
+    def __repr__(self) -> str:
+        return (f"MoEModel({self.adapter.describe(self.config)}; moe_layers={self.moe_layers}, "
+                f"fingerprint={self.fingerprint})")
+
+
+def compute_fingerprint(model: torch.nn.Module, adapter: Adapter, moe_layers: list[int]) -> str:
+    """A 16-hex-digit hash of the model's config and its router weights.
+
+    Two models with the same architecture but different weights get different fingerprints, so a
+    trace recorded on one is refused by the other.
+    """
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+                "_experts_implementation", "output_router_logits", "use_cache", "architectures"):
+        cfg.pop(key, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    layers = adapter.decoder_layers(model)
+    for i in moe_layers:
+        router = adapter.router(adapter.block(layers[i]))
+        for name, tensor in sorted(router.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def wrap(model: torch.nn.Module, tokenizer=None, source: str = "memory") -> MoEModel:
+    """Wrap a transformers MoE model (and tokenizer) already in memory.
+
+    Raises:
+        UnsupportedModelError: for a dense model or an unknown family (lists the supported ones).
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> wb.wrap(*tiny_model("olmoe")).adapter.name
+        'olmoe'
+    """
+    model.eval()
+    return MoEModel(model, tokenizer, source=source)
+
+
+def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None = None,
+         device: str | torch.device | None = None, device_map=None, trust_remote_code: bool = False,
+         **kwargs) -> MoEModel:
+    """Load an MoE model and its tokenizer.
+
+    Args:
+        source: ``"demo"`` (the checkpoint shipped with the package), a local Hugging Face checkpoint
+            folder, or a hub id (needs hub access).
+        dtype: torch dtype (default: the checkpoint's).
+        device: move the model there after loading (ignored with ``device_map``).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` for large models on GPUs).
+        trust_remote_code: allow the checkpoint's own Python code. Off by default.
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+
+    Only safetensors weights are loaded.
+
+    Example:
+        >>> import workbench as wb
+        >>> lm = wb.load("demo")  # doctest: +SKIP
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    label = str(source)
+    if label == "demo":
+        from workbench.demo import CHECKPOINT_DIR, checkpoint_available
+
+        if not checkpoint_available():
+            raise FileNotFoundError(
+                f"the demo checkpoint is not present in this installation ({CHECKPOINT_DIR}). "
+                "Reinstall the package from a full clone, or pass a checkpoint folder.")
+        path = str(CHECKPOINT_DIR)
+    else:
+        path = label
+        if Path(path).expanduser().exists():
+            path = str(Path(path).expanduser())
+            if not any(Path(path).glob("*.safetensors")) and not any(Path(path).glob("*.safetensors.index.json")):
+                raise FileNotFoundError(
+                    f"{path} has no .safetensors weights; the workbench loads safetensors only "
+                    "(convert .bin weights with transformers' save_pretrained(safe_serialization=True)).")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        get_adapter(config)
+    except UnsupportedModelError:
+        raise UnsupportedModelError(
+            f"{label} is a {config.model_type!r} model, which the workbench does not know as an MoE. "
+            f"Supported model types: {', '.join(supported_model_types())}.") from None
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if device is not None and device_map is None:
+        model.to(device)
+    return wrap(model, tokenizer, source=label)
