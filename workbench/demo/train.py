@@ -93,7 +93,8 @@ def train(args: argparse.Namespace) -> dict:
     windows = eval_windows(val_streams, args.seq_len, args.eval_windows)
     arch = json.loads(args.arch) if args.arch else {}
     config = make_config(len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
-                         router_aux_loss_coef=args.aux_coef, experts_implementation="eager", **arch)
+                         router_aux_loss_coef=args.aux_coef,
+                         experts_implementation=args.experts_implementation, **arch)
     model = AutoModelForCausalLM.from_config(config)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -170,7 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.03, help="share of the budget")
     p.add_argument("--aux-coef", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast (10x slower than fp32 on CPUs without native bf16)")
+    p.add_argument("--experts-implementation", default="grouped_mm",
+                   help="transformers experts kernel for training (grouped_mm was fastest here)")
     p.add_argument("--eval-minutes", type=float, default=5.0)
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--save-minutes", type=float, default=10.0)
