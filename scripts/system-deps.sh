@@ -4,7 +4,7 @@
 # Installs only what is missing, only as root; otherwise prints what to install and carries on.
 set -u
 pkgs=(chromium fortunes fortunes-de fortunes-es fortunes-it bible-kjv-text jargon-text dict-devil
-      manpages-de manpages-fr manpages-es)
+      manpages-de manpages-fr manpages-es manpages-it)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -83,7 +83,7 @@ def eval_windows(streams: dict[str, np.ndarray], seq_len: int, per_domain: int
     Example:
         >>> w = eval_windows({"a": np.arange(100)}, seq_len=9, per_domain=3)
         >>> w["a"].shape, w["a"][1, 0].item()
-        (torch.Size([3, 10]), 30)
+        (torch.Size([3, 10]), 45)
     """
     out = {}
     for domain, stream in streams.items():
