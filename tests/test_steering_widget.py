@@ -1,0 +1,65 @@
+"""The steering panel, driven from code by setting control values."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from workbench.widgets.steering import SteeringPanel  # noqa: E402
+
+SETS = {"de": ["Der Hund ist nicht", "Die Katze ist hier", "Das Haus ist alt"],
+        "en": ["The dog is not", "The cat is here", "The house is old"],
+        "code": ["def add(a, b):", "for i in range(3):", "x = [1, 2, 3]"]}
+
+
+@pytest.fixture
+def panel(tiny, tmp_path):
+    return SteeringPanel(tiny("qwen3_moe"), SETS, max_new_tokens=3, permutations=50, folder=str(tmp_path))
+
+
+def test_rank_fills_table_heatmap_and_selection(panel):
+    panel.set_b.value = "en"
+    result = panel.rank()
+    assert result.a == ["de"] and result.b == ["en"]
+    assert "<table" in panel.table.value
+    assert panel.heatmap.data[0].z is not None and len(panel.heatmap.data[0].z) == 2
+    panel.top_n.value = 3
+    assert panel.selected == [tuple(x) for x in result.table[["layer", "expert"]].head(3).to_numpy().tolist()]
+
+
+def test_one_vs_rest_generate_and_toggle(panel):
+    panel.rank()
+    assert panel.contrast.b == ["code", "en"]
+    panel.top_n.value = 2
+    panel.action.value = "on"
+    panel.weight.value = 0.4
+    table = panel.generate()
+    assert list(table.columns) == ["prompt", "baseline", "steered"]
+    assert "without steering" in panel.output.value
+    panel.experts.value = ()
+    with pytest.raises(ValueError, match="select at least one"):
+        panel.run_experiment()
+
+
+def test_experiment_progress_and_export(panel, tmp_path):
+    panel.rank()
+    panel.top_n.value = 2
+    panel.seeds.value = 2
+    exp = panel.run_experiment()
+    assert panel.progress.value == panel.progress.max == 5
+    assert len(panel.experiment_fig.data[0].y) == 5
+    assert "top_off" in panel.summary.value
+    written = panel.export_bar.export("csv")
+    names = sorted(p.name for p in written)
+    assert names == ["steering_experiment.csv", "steering_experts.csv", "steering_summary.csv"]
+    assert len(pd.read_csv(tmp_path / "steering_experiment.csv")) == len(exp.table)
+    html_files = panel.export_bar.export("html")
+    assert {p.name for p in html_files} == {"steering_contrast.html", "steering_experiment_plot.html"}
+
+
+def test_errors_show_in_status(panel):
+    panel.set_b.value = "de"
+    panel.rank_button.click()
+    assert "two different sets" in panel.status.value

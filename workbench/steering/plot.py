@@ -1,0 +1,99 @@
+"""Figures of steering: the contrast heatmap and the controlled experiment's bar chart.
+
+The contrast uses a diverging purple-orange scale (``PuOr``, readable with colour-vision
+deficiency) centred on 0: orange = set A activates the expert more, purple = set B does.
+
+Example:
+    >>> import numpy as np, workbench as wb
+    >>> from workbench.steering import contrast_experts, contrast_heatmap
+    >>> idx = np.array([[[0, 1]] * 4 + [[2, 3]] * 4]); doc = np.repeat(np.arange(4), 2)
+    >>> trace = wb.RoutingTrace(idx, np.full((1, 8, 2), 0.5), np.zeros(8), doc, np.tile([0, 1], 4),
+    ...                         [0], 4, "x", doc_labels=["a", "a", "b", "b"])
+    >>> fig = contrast_heatmap(contrast_experts(trace, "a", "b", permutations=10))
+    >>> fig.data[0].z.shape, fig.data[0].zmid
+    ((1, 4), 0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench.views._style import PALETTE, escape_token, style
+
+DIVERGING = "PuOr_r"
+VALUES = {"effect": "Cohen's d", "t": "Welch's t", "diff": "mean difference"}
+
+
+def contrast_heatmap(contrast, value: str = "effect", title: str | None = None,
+                     mark_top: int = 10) -> go.Figure:
+    """Layer × expert heatmap of an :class:`~workbench.steering.contrast.ExpertContrast`.
+
+    Args:
+        contrast: the contrast result.
+        value: ``"effect"`` (Cohen's d), ``"t"`` or ``"diff"``.
+        title: figure title.
+        mark_top: outline the ``mark_top`` best-ranked experts (0 = none).
+
+    Returns:
+        A heatmap with ``z`` of shape ``[L, E]``; infinite values (no spread in either set) are
+        drawn at the largest finite magnitude; hover shows d, t, p and q.
+    """
+    if value not in VALUES:
+        raise ValueError(f"value must be one of {list(VALUES)}, got {value!r}")
+    table = contrast.table
+    layers, num_experts = list(contrast.layers), contrast.num_experts
+    pos = {layer: i for i, layer in enumerate(layers)}
+    z = np.zeros((len(layers), num_experts))
+    custom = np.zeros((len(layers), num_experts, 4))
+    rows = table.layer.map(pos).to_numpy(), table.expert.to_numpy()
+    z[rows] = table[value].to_numpy()
+    custom[rows] = table[["effect", "t", "p", "q"]].to_numpy()
+    finite = np.abs(z[np.isfinite(z)])
+    bound = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    z = np.nan_to_num(z, posinf=bound, neginf=-bound)
+    a, b = escape_token("+".join(contrast.a)), escape_token("+".join(contrast.b))
+    heat = go.Heatmap(
+        z=z, x=list(range(num_experts)), y=[str(x) for x in layers], customdata=custom,
+        colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
+        colorbar=dict(title=dict(text=f"{VALUES[value]}<br>{a} − {b}")),
+        hovertemplate=("layer %{y}, expert %{x}<br>d = %{customdata[0]:.2f}, t = %{customdata[1]:.2f}"
+                       "<br>p = %{customdata[2]:.3g}, q = %{customdata[3]:.3g}<extra></extra>"))
+    fig = go.Figure(heat)
+    for layer, expert in contrast.top(mark_top) if mark_top else []:
+        y = pos[layer]
+        fig.add_shape(type="rect", x0=expert - 0.5, x1=expert + 0.5, y0=y - 0.5, y1=y + 0.5,
+                      line=dict(color="black", width=2))
+    style(fig, title or f"Experts {a} activates more (orange) or less (purple) than {b}",
+          x="expert", y="layer", height=max(260, 60 * len(layers) + 140), width=max(520, 26 * num_experts + 200))
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(tickmode="array", tickvals=list(range(num_experts)))
+    return fig
+
+
+CONDITION_TEXT = {"baseline": "baseline", "top_off": "top-N off", "random_off": "random N off",
+                  "top_on": "top-N on"}
+
+
+def experiment_plot(experiment, title: str | None = None) -> go.Figure:
+    """Behaviour rate per condition with 95% Wilson intervals (random controls: one bar per seed).
+
+    Args:
+        experiment: a :class:`~workbench.steering.experiment.SteeringExperiment`.
+        title: figure title.
+    """
+    table = experiment.table
+    n = str(experiment.settings.get("n", "N"))
+    labels = [CONDITION_TEXT.get(c, c).replace("N", n) + ("" if s < 0 else f" (seed {s})")
+              for c, s in zip(table.condition, table.seed)]
+    colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(CONDITION_TEXT)}
+    fig = go.Figure(go.Bar(
+        x=labels, y=table.rate, marker_color=[colours.get(c, PALETTE[-1]) for c in table.condition],
+        error_y=dict(type="data", symmetric=False, array=(table.ci_high - table.rate).to_numpy(),
+                     arrayminus=(table.rate - table.ci_low).to_numpy()),
+        customdata=np.stack([table.hits, table.n], axis=1),
+        hovertemplate="%{x}<br>rate %{y:.2f} (%{customdata[0]}/%{customdata[1]})<extra></extra>"))
+    style(fig, title or f"Behaviour: {escape_token(experiment.behaviour_name)}", x="condition",
+          y="behaviour rate", height=420, width=max(520, 80 * len(labels) + 160))
+    fig.update_yaxes(range=[0, 1.05])
+    return fig

@@ -1,0 +1,114 @@
+"""Prompt sets: the first few tokens of labelled documents, e.g. the demo's held-out corpus.
+
+Example:
+    >>> from workbench.testing import tiny_tokenizer
+    >>> from workbench.steering.prompts import prompt_sets
+    >>> rows = [{"text": "Der schnelle braune Fuchs springt über den Hund.", "label": "german"},
+    ...         {"text": "The quick brown fox jumps over the lazy dog.", "label": "english"}]
+    >>> sets = prompt_sets(rows, tiny_tokenizer(), ["german", "english"], prompt_tokens=3, min_tokens=4)
+    >>> {k: len(v) for k, v in sets.items()}
+    {'german': 1, 'english': 1}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def read_jsonl_texts(path) -> list[dict]:
+    """``[{"text", "label"?}, ...]`` from a JSONL file; says which line is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise ValueError(f"{path}:{n}: each line needs a 'text' string")
+        rows.append(obj)
+    if not rows:
+        raise ValueError(f"{path} holds no texts")
+    return rows
+
+
+def cut_prompt(text: str, tokenizer, prompt_tokens: int) -> str:
+    """The text of the first ``prompt_tokens`` tokens of ``text`` (no special tokens)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_tokens]
+    return tokenizer.decode(ids)
+
+
+def prompt_sets(rows: Sequence[dict], tokenizer, labels: Sequence[str], per_set: int | None = None,
+                prompt_tokens: int = 16, seed: int = 0, min_tokens: int | None = None) -> dict[str, list[str]]:
+    """``{label: [prompt, ...]}``: prompts cut from the documents of each label.
+
+    Args:
+        rows: ``{"text", "label"}`` dicts.
+        tokenizer: the model's tokenizer (prompts are cut in its tokens).
+        labels: the labels to keep, in order.
+        per_set: documents per label (a seeded sample; None = all).
+        prompt_tokens: tokens per prompt.
+        seed: sampling seed.
+        min_tokens: skip documents shorter than this (default ``prompt_tokens + 8``, so that a
+            continuation exists to compare with).
+    """
+    min_tokens = prompt_tokens + 8 if min_tokens is None else min_tokens
+    known = sorted({str(r.get("label")) for r in rows})
+    out = {}
+    for label in labels:
+        docs = [r["text"] for r in rows if str(r.get("label")) == label]
+        if not docs:
+            raise ValueError(f"no documents labelled {label!r}; labels present: {known}")
+        docs = [d for d in docs if len(tokenizer(d, add_special_tokens=False)["input_ids"]) >= min_tokens]
+        if per_set is not None and len(docs) > per_set:
+            docs = random.Random(seed).sample(docs, per_set)
+        prompts = [cut_prompt(d, tokenizer, prompt_tokens) for d in docs]
+        out[label] = [p for p in prompts if p.strip()]
+    return out
+
+
+FALLBACK_ROWS = [{"text": t, "label": label} for label, texts in {
+    "german": ["Der Hund ist nicht in dem Haus, aber die Katze ist hier und wir sind auch da.",
+               "Die Kinder spielen auf der Straße und im Park, denn das Wetter ist heute schön.",
+               "Wir fahren morgen mit dem Zug nach Berlin, weil meine Mutter dort wohnt.",
+               "Ich habe das Buch gelesen, aber es war mir zu lang und auch nicht sehr gut.",
+               "Am Abend sitzen wir zusammen am Tisch und sprechen über den Tag."],
+    "english": ["The dog is not in the house, but the cat is here and we are there too.",
+                "The children play in the street and in the park, because the weather is nice today.",
+                "Tomorrow we take the train to London, because my mother lives there.",
+                "I have read the book, but it was too long for me and not very good either.",
+                "In the evening we sit together at the table and talk about the day."],
+    "code": ["def add(a, b):\n    return a + b\n\nprint(add(1, 2))",
+             "for i in range(10):\n    if i % 2 == 0:\n        print(i)",
+             "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y",
+             "import os\npaths = [p for p in os.listdir('.') if p.endswith('.py')]",
+             "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0.0"],
+}.items() for t in texts]
+
+
+def demo_rows(labels: Sequence[str] | None = None, fallback: bool = False) -> list[dict]:
+    """The demo's held-out documents (optionally only some labels).
+
+    Args:
+        labels: keep only these labels.
+        fallback: when the held-out file is absent, return a few built-in German, English and code
+            sentences (:data:`FALLBACK_ROWS`) with a printed note instead of raising.
+    """
+    from workbench.demo import DATA_DIR
+
+    path = DATA_DIR / "heldout.jsonl"
+    if path.is_file():
+        rows = read_jsonl_texts(path)
+    elif fallback:
+        print(f"NOTE: {path} is not in this installation; using a few built-in sentences")
+        rows = list(FALLBACK_ROWS)
+    else:
+        raise FileNotFoundError(f"{path} is not in this installation; use your own prompt sets")
+    return rows if labels is None else [r for r in rows if r.get("label") in set(labels)]

@@ -1,0 +1,194 @@
+"""Steering: switch experts off or force them on while the model generates.
+
+Experts are given as ``(layer, expert)`` pairs (what :meth:`ExpertContrast.top` returns) or as a
+``{layer: [expert, ...]}`` mapping. ``"off"`` is :class:`workbench.Mask` with either semantics —
+``mode="next_best"`` (the next-best expert takes the slot) or ``mode="empty"`` (the slot stays
+empty, the other weights are rescaled) — and ``"on"`` is :class:`workbench.Force`, which puts the
+experts into every token's top-k with ``weight`` (None = the token's top-1 weight). At most ``k``
+experts fit per layer; :func:`fit_to_k` keeps the best-ranked ones.
+
+Generation is greedy by default and batches prompts of equal token length, so no padding ever
+enters a forward pass.
+
+Example:
+    >>> import workbench as wb
+    >>> from workbench.testing import tiny_model
+    >>> from workbench.steering import compare
+    >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+    >>> table = compare(lm, ["The quick brown", "Der schnelle"], [(0, 1), (1, 2)], max_new_tokens=4)
+    >>> list(table.columns)
+    ['prompt', 'baseline', 'steered']
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+ACTIONS = ("off", "on")
+
+
+def as_pairs(experts) -> list[tuple[int, int]]:
+    """``(layer, expert)`` pairs from pairs or a ``{layer: [expert]}`` mapping (order kept)."""
+    if isinstance(experts, Mapping):
+        return [(int(layer), int(e)) for layer, es in experts.items()
+                for e in (es if isinstance(es, Sequence) else [es])]
+    pairs = []
+    for item in experts:
+        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2:
+            raise TypeError(f"expected (layer, expert) pairs or {{layer: [expert]}}, got item {item!r}")
+        pairs.append((int(item[0]), int(item[1])))
+    return pairs
+
+
+def as_layer_map(experts) -> dict[int, list[int]]:
+    """``{layer: [expert, ...]}`` from pairs or a mapping (no duplicates, order kept)."""
+    out: dict[int, list[int]] = {}
+    for layer, e in as_pairs(experts):
+        if e not in out.setdefault(layer, []):
+            out[layer].append(e)
+    return out
+
+
+def fit_to_k(experts, k: int) -> list[tuple[int, int]]:
+    """Keep at most ``k`` experts per layer, the first ones given (i.e. the best-ranked)."""
+    kept, per_layer = [], {}
+    for layer, e in as_pairs(experts):
+        if per_layer.get(layer, 0) < k:
+            kept.append((layer, e))
+            per_layer[layer] = per_layer.get(layer, 0) + 1
+    return kept
+
+
+def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None):
+    """The edit specs that steer ``experts``.
+
+    Args:
+        lm: a :class:`~workbench.loading.MoEModel`.
+        experts: ``(layer, expert)`` pairs or ``{layer: [expert]}``.
+        action: ``"off"`` or ``"on"``.
+        mode: for ``"off"``: ``"next_best"`` or ``"empty"``.
+        weight: for ``"on"``: routing weight of a forced expert (None = the token's top-1 weight).
+
+    Returns:
+        A list of specs for :func:`workbench.edit` (empty when ``experts`` is empty).
+    """
+    import workbench as wb
+
+    if action not in ACTIONS:
+        raise ValueError(f"action must be 'off' or 'on', got {action!r}")
+    layer_map = as_layer_map(experts)
+    if not layer_map:
+        return []
+    if action == "off":
+        return [wb.Mask(layer_map, mode=mode)]
+    crowded = {layer: es for layer, es in layer_map.items() if len(es) > lm.top_k}
+    if crowded:
+        raise ValueError(f"cannot force {max(map(len, crowded.values()))} experts into k={lm.top_k} slots "
+                         f"at layer(s) {sorted(crowded)}; keep the best-ranked with fit_to_k(experts, lm.top_k)")
+    return [wb.Force(layer_map, weight=weight)]
+
+
+@contextlib.contextmanager
+def steer(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None):
+    """Context manager: the model with ``experts`` switched off or forced on (no-op when empty).
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> from workbench.steering import steer
+        >>> lm = wb.wrap(*tiny_model("mixtral"))
+        >>> with steer(lm, [(0, 3)], "on", weight=0.5):
+        ...     trace = wb.record(lm, ["hello"], progress=False)
+        >>> bool((trace.topk_idx[0] == 3).any(axis=-1).all())
+        True
+    """
+    specs = steering_specs(lm, experts, action, mode, weight)
+    if not specs:
+        yield None
+        return
+    import workbench as wb
+
+    with wb.edit(lm, *specs) as frame:
+        yield frame
+
+
+def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [ids[s:s + batch_size] for n in sorted(groups) for ids in [groups[n]]
+            for s in range(0, len(ids), batch_size)]
+
+
+@torch.no_grad()
+def generate(lm, prompts: Sequence[str], max_new_tokens: int = 24, *, batch_size: int = 8,
+             do_sample: bool = False, temperature: float = 1.0, seed: int = 0,
+             add_special_tokens: bool = True, progress: bool = False, **hf_options) -> list[str]:
+    """Continue each prompt; returns the continuations only (special tokens dropped).
+
+    Active edits (e.g. inside :func:`steer`) apply. Greedy unless ``do_sample``.
+
+    Args:
+        lm: a :class:`~workbench.loading.MoEModel` with a tokenizer.
+        prompts: the prompts.
+        max_new_tokens: tokens to generate per prompt.
+        batch_size: prompts per ``generate`` call (only prompts of equal length share a batch).
+        do_sample, temperature, seed: sampling options (seeded per batch).
+        add_special_tokens: let the tokenizer add e.g. BOS.
+        progress: show a progress bar.
+        **hf_options: passed to transformers' ``generate`` (e.g. ``repetition_penalty=1.3``).
+    """
+    if lm.tokenizer is None:
+        raise ValueError("this model has no tokenizer; pass one to wb.wrap(model, tokenizer)")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not one string (wrap it: [prompt])")
+    encoded = [lm.tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} produced no tokens; give it some text")
+    pad = lm.tokenizer.pad_token_id
+    pad = lm.tokenizer.eos_token_id if pad is None else pad
+    out: list[str] = [""] * len(encoded)
+    batches = _length_batches([len(x) for x in encoded], batch_size)
+    for n, rows in enumerate(tqdm(batches, desc="generating", disable=not progress)):
+        ids = torch.tensor([encoded[i] for i in rows], device=lm.device)
+        if do_sample:
+            torch.manual_seed(seed + n)
+        options = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else \
+            dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        result = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                   max_new_tokens=max_new_tokens, pad_token_id=pad, **options, **hf_options)
+        for row, i in enumerate(rows):
+            new = result[row, ids.shape[1]:].tolist()
+            out[i] = lm.tokenizer.decode(new, skip_special_tokens=True)
+    return out
+
+
+def compare(lm, prompts: Sequence[str], experts, action: str = "off", mode: str = "next_best",
+            weight: float | None = None, max_new_tokens: int = 24, **options) -> pd.DataFrame:
+    """Continuations with and without steering, side by side.
+
+    Returns:
+        DataFrame with columns ``prompt``, ``baseline``, ``steered``.
+    """
+    prompts = list(prompts)
+    base = generate(lm, prompts, max_new_tokens, **options)
+    with steer(lm, experts, action, mode, weight):
+        steered = generate(lm, prompts, max_new_tokens, **options)
+    return pd.DataFrame({"prompt": prompts, "baseline": base, "steered": steered})
+
+
+def random_experts(lm, n: int, seed: int = 0, exclude=()) -> list[tuple[int, int]]:
+    """``n`` distinct ``(layer, expert)`` pairs drawn uniformly from all MoE layers, minus ``exclude``."""
+    excluded = set(as_pairs(exclude))
+    pool = [(layer, e) for layer in lm.moe_layers for e in range(lm.num_experts) if (layer, e) not in excluded]
+    if n > len(pool):
+        raise ValueError(f"cannot draw {n} random experts from {len(pool)} candidates")
+    picks = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
+    return [pool[i] for i in sorted(picks.tolist())]

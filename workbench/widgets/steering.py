@@ -1,0 +1,227 @@
+"""Expert steering panel: choose two prompt sets, rank experts, toggle them, compare, measure.
+
+Wiring only; the work is done by :mod:`workbench.steering`:
+
+1. *Rank* — :func:`~workbench.steering.find_experts` on set A vs set B; the ranked table (layer,
+   expert, effect, p, q) and the contrast heatmap appear.
+2. Choose experts (the top-N slider preselects the best-ranked; edit the selection freely), the
+   action (off with either semantics, or on with a weight).
+3. *Generate* — the prompt's continuation with and without steering, side by side.
+4. *Run experiment* — baseline / top-N off / N random off per seed / top-N on, with a progress bar;
+   the bar chart and summary appear.
+5. The export bar writes the tables (CSV) and figures (HTML/PNG/SVG).
+
+Example:
+    >>> import tempfile, workbench as wb
+    >>> from workbench.testing import tiny_model
+    >>> from workbench.widgets.steering import SteeringPanel
+    >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+    >>> sets = {"de": ["Der Hund ist", "Die Katze ist"], "en": ["The dog is", "The cat is"]}
+    >>> panel = SteeringPanel(lm, sets, max_new_tokens=3, permutations=50, folder=tempfile.mkdtemp())
+    >>> panel.rank().a
+    ['de']
+    >>> panel.top_n.value = 2
+    >>> len(panel.experts.value)
+    2
+    >>> panel.seeds.value = 1
+    >>> panel.run_experiment().table.condition.tolist()
+    ['baseline', 'top_off', 'random_off', 'top_on']
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from workbench import steering
+from workbench.widgets.export_bar import ExportBar
+
+REST = "(all other sets)"
+NARROW = {"description_width": "110px"}
+
+
+def _table_html(frame, limit: int = 20) -> str:
+    rows = "".join(
+        f"<tr><td>{r.rank}</td><td>{r.layer}</td><td>{r.expert}</td><td>{r.effect:+.2f}</td>"
+        f"<td>{r.t:+.2f}</td><td>{r.p:.3g}</td><td>{r.q:.3g}</td></tr>" for r in frame.head(limit).itertuples())
+    return ("<table style='font-family:monospace;border-collapse:collapse'><tr><th>rank</th><th>layer</th>"
+            "<th>expert</th><th>effect (d)</th><th>t</th><th>p</th><th>q</th></tr>" + rows + "</table>")
+
+
+def _comparison_html(table) -> str:
+    cell = "style='vertical-align:top;padding:4px 8px;white-space:pre-wrap;font-family:monospace'"
+    rows = "".join(f"<tr><td {cell}>{html.escape(r.prompt)}</td><td {cell}>{html.escape(r.baseline)}</td>"
+                   f"<td {cell}>{html.escape(r.steered)}</td></tr>" for r in table.itertuples())
+    return f"<table><tr><th>prompt</th><th>without steering</th><th>steered</th></tr>{rows}</table>"
+
+
+class SteeringPanel(W.VBox):
+    """MoTE-style steering on labelled prompt sets.
+
+    Args:
+        lm: a :class:`~workbench.loading.MoEModel` with a tokenizer.
+        sets: ``{name: [prompt, ...]}``, two or more sets.
+        a, b: initial set names (default: the first set against all the others).
+        behaviour: what the experiment measures (a callable or built-in name); default: a character
+            n-gram classifier of set A vs set B prompts.
+        max_new_tokens: tokens per continuation.
+        permutations: shuffles of the permutation test.
+        folder: where the export bar writes.
+
+    Attributes:
+        contrast: the last :class:`~workbench.steering.ExpertContrast`; ``experiment``: the last
+        :class:`~workbench.steering.SteeringExperiment`; ``comparison``: the last side-by-side table.
+    """
+
+    def __init__(self, lm, sets: dict, a: str | None = None, b: str | None = None, behaviour=None,
+                 max_new_tokens: int = 24, permutations: int = 1000, folder="exports"):
+        if not isinstance(sets, dict) or len(sets) < 2:
+            raise ValueError("SteeringPanel needs {name: [prompt, ...]} with at least two sets")
+        self.lm, self.sets, self.behaviour = lm, {str(k): list(v) for k, v in sets.items()}, behaviour
+        self.permutations = permutations
+        self.contrast = self.experiment = self.comparison = None
+        names = list(self.sets)
+        self.set_a = W.Dropdown(options=names, value=a or names[0], description="set A", style=NARROW)
+        self.set_b = W.Dropdown(options=[REST] + names, value=b or REST, description="set B", style=NARROW)
+        self.measure = W.Dropdown(options=["count", "weight"], value="count", description="activation",
+                                  style=NARROW)
+        self.rank_button = W.Button(description="Rank experts", icon="sort-amount-desc", button_style="primary")
+        self.table = W.HTML(value="<i>press Rank experts</i>")
+        self.heatmap = go.FigureWidget()
+        self.top_n = W.IntSlider(value=0, min=0, max=len(lm.moe_layers) * lm.num_experts // 2,
+                                 description="top-N", continuous_update=False, style=NARROW)
+        self.experts = W.SelectMultiple(options=[], description="experts", rows=8, style=NARROW,
+                                        layout=W.Layout(width="420px"))
+        self.action = W.ToggleButtons(options=[("switch off", "off"), ("force on", "on")], value="off")
+        self.mode = W.Dropdown(options=[("next best takes the slot", "next_best"), ("slot stays empty", "empty")],
+                               value="next_best", description="off semantics", style=NARROW)
+        self.weight = W.BoundedFloatText(value=0.0, min=0.0, max=1.0, step=0.05,
+                                         description="on weight (0 = top-1)", style={"description_width": "140px"})
+        self.prompt = W.Textarea(value=self.sets[self.set_a.value][0], description="prompt", style=NARROW,
+                                 layout=W.Layout(width="98%", height="60px"))
+        self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=128, description="new tokens",
+                                          continuous_update=False, style=NARROW)
+        self.generate_button = W.Button(description="Generate", icon="play")
+        self.output = W.HTML(value="")
+        self.seeds = W.IntSlider(value=3, min=1, max=10, description="random seeds", style=NARROW)
+        self.run_button = W.Button(description="Run experiment", icon="flask", button_style="warning")
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="300px"))
+        self.experiment_fig = go.FigureWidget()
+        self.summary = W.HTML(value="")
+        self.status = W.HTML(value="")
+        self.export_bar = ExportBar(self.export_items, folder=folder, prefix="steering_")
+
+        self.rank_button.on_click(lambda _b: self._safe(self.rank))
+        self.generate_button.on_click(lambda _b: self._safe(self.generate))
+        self.run_button.on_click(lambda _b: self._safe(self.run_experiment))
+        self.top_n.observe(self._select_top, names="value")
+        self.set_a.observe(lambda ch: setattr(self.prompt, "value", self.sets[ch["new"]][0]), names="value")
+        super().__init__([
+            W.HBox([self.set_a, self.set_b, self.measure, self.rank_button]), self.table, self.heatmap,
+            W.HBox([W.VBox([self.top_n, self.action, self.mode, self.weight]), self.experts]),
+            self.prompt, W.HBox([self.max_new_tokens, self.generate_button]), self.output,
+            W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_fig, self.summary,
+            self.status, self.export_bar])
+
+    # -- actions -------------------------------------------------------------------------
+    def _safe(self, fn) -> None:
+        try:
+            self.status.value = ""
+            fn()
+        except Exception as err:  # shown in the panel; the button must keep working
+            self.status.value = f"<span style='color:#D55E00'>{html.escape(type(err).__name__)}: " \
+                                f"{html.escape(str(err))}</span>"
+
+    def _b_sets(self):
+        return None if self.set_b.value == REST else self.set_b.value
+
+    def rank(self):
+        """Rank the experts of set A against set B; fills the table, heatmap and expert list."""
+        if self.set_b.value == self.set_a.value:
+            raise ValueError("choose two different sets")
+        self.contrast = steering.find_experts(self.lm, self.sets, a=self.set_a.value, b=self._b_sets(),
+                                              measure=self.measure.value, permutations=self.permutations)
+        table = self.contrast.table
+        self.table.value = _table_html(table)
+        fig = self.contrast.plot()
+        with self.heatmap.batch_update():
+            self.heatmap.data = []
+            self.heatmap.add_traces(fig.data)
+            self.heatmap.layout = fig.layout
+        self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}",
+                                 (int(r.layer), int(r.expert))) for r in table.itertuples()]
+        if self.top_n.value == 0:
+            self.top_n.value = min(10, self.top_n.max)
+        else:
+            self._select_top()
+        return self.contrast
+
+    def _select_top(self, _change=None) -> None:
+        values = [v for _, v in self.experts.options]
+        self.experts.value = tuple(values[:self.top_n.value])
+
+    @property
+    def selected(self) -> list[tuple[int, int]]:
+        """The chosen ``(layer, expert)`` pairs, in ranked order."""
+        chosen = set(self.experts.value)
+        return [v for _, v in self.experts.options if v in chosen]
+
+    def _steer_kwargs(self) -> dict:
+        weight = float(self.weight.value) or None
+        experts = self.selected
+        if self.action.value == "on":
+            experts = steering.fit_to_k(experts, self.lm.top_k)
+        return dict(experts=experts, action=self.action.value, mode=self.mode.value, weight=weight)
+
+    def generate(self):
+        """Continue the prompt with and without the current steering; returns the table."""
+        prompts = [p for p in self.prompt.value.split("\n") if p.strip()]
+        if not prompts:
+            raise ValueError("write a prompt first")
+        self.comparison = steering.compare(self.lm, prompts, max_new_tokens=int(self.max_new_tokens.value),
+                                           **self._steer_kwargs())
+        self.output.value = _comparison_html(self.comparison)
+        return self.comparison
+
+    def run_experiment(self):
+        """The controlled experiment on set A's prompts with the selected experts as top-N."""
+        if self.contrast is None:
+            self.rank()
+        top = self.selected
+        if not top:
+            raise ValueError("select at least one expert (or set top-N)")
+        a = self.set_a.value
+        b_names = [n for n in self.sets if n != a] if self._b_sets() is None else [self._b_sets()]
+        b_prompts = [p for n in b_names for p in self.sets[n]]
+        behaviour = self.behaviour or steering.set_behaviour(self.sets[a], b_prompts, name=f"classified as {a}")
+
+        def tick(done, total, _condition):
+            self.progress.max, self.progress.value = total, done
+
+        self.experiment = steering.run_experiment(
+            self.lm, self.sets[a], top, behaviour, seeds=range(int(self.seeds.value)), mode=self.mode.value,
+            on_weight=float(self.weight.value) or None, max_new_tokens=int(self.max_new_tokens.value),
+            quality={"+".join(b_names): b_prompts}, progress=False, callback=tick)
+        fig = self.experiment.plot()
+        with self.experiment_fig.batch_update():
+            self.experiment_fig.data = []
+            self.experiment_fig.add_traces(fig.data)
+            self.experiment_fig.layout = fig.layout
+        self.summary.value = "<pre>" + html.escape("\n".join(self.experiment.report_lines())) + "</pre>"
+        return self.experiment
+
+    def export_items(self) -> dict:
+        """What the export bar writes: tables and figures that exist so far."""
+        items = {}
+        if self.contrast is not None:
+            items["experts"] = self.contrast.table
+            items["contrast"] = self.contrast.plot()
+        if self.comparison is not None:
+            items["comparison"] = self.comparison
+        if self.experiment is not None:
+            items["experiment"] = self.experiment.table
+            items["summary"] = self.experiment.summary()
+            items["experiment_plot"] = self.experiment.plot()
+        return items
