@@ -1,0 +1,170 @@
+"""Self-contrast decoding (SCMoE): ms per token against greedy, and exact-match accuracy on the
+demo's held-out sums over a beta grid and weak routings. Everything interleaved in one run.
+
+Usage: python benchmarks/contrast.py [--model demo] [--sample 300] [--repeats 3] [--write]
+
+Latency: greedy (batch 1), SCMoE batched (strong and weak as two rows of one batch, one forward per
+step) and the two-pass reference (two forwards, two caches), decoding the same prompts in turn,
+``--max-new-tokens`` each; ms per generated token (prompt pass included) and ratios to greedy.
+Target for the batched decoder: <= 1.25x greedy on CPU, batch 1.
+Accuracy: greedy vs SCMoE for every beta x weak routing on ``--sample`` held-out sums
+(``"37 + 45 ="``, answer on the first line, 6 tokens at most).
+``--write`` replaces the "self-contrast decoding" section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from results import write_section
+
+import workbench as wb
+from workbench.contrast import generate, generate_greedy, generate_two_pass
+from workbench.contrast.evaluate import demo_tasks, evaluate, grid
+
+
+def _model(source: str):
+    from workbench.demo import DATA_DIR, checkpoint_available
+
+    if source == "demo" and not checkpoint_available():
+        from workbench.testing import tiny_model
+
+        print("demo checkpoint absent: using the tiny random qwen3_moe (accuracy is meaningless)")
+        return wb.wrap(*tiny_model("qwen3_moe"), source="tiny-qwen3_moe"), None
+    lm = wb.load(source)
+    heldout = DATA_DIR / "heldout.jsonl"
+    return lm, heldout if source == "demo" and heldout.is_file() else None
+
+
+def _prompts(heldout, n: int) -> list[str]:
+    if heldout is None:
+        return ["12 + 34 = 46\n20 + 30 =", "def add(a, b):", "The quick brown fox", "Der schnelle braune"][:n]
+    rows = [json.loads(line) for line in heldout.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_label = {}
+    for row in rows:  # one prompt per domain, in file order
+        by_label.setdefault(row.get("label"), row["text"][:120])
+    return list(by_label.values())[:n]
+
+
+def latency(lm, prompts, max_new_tokens: int, repeats: int, weak: str) -> dict[str, float]:
+    """Median over repeats of ms per generated token for each decoder, interleaved prompt by prompt."""
+    decoders = {"greedy": lambda p: generate_greedy(lm, p, max_new_tokens=max_new_tokens),
+                "scmoe (batched)": lambda p: generate(lm, p, max_new_tokens=max_new_tokens, weak=weak),
+                "scmoe (two-pass)": lambda p: generate_two_pass(lm, p, max_new_tokens=max_new_tokens, weak=weak)}
+    for run in decoders.values():
+        run(prompts[0])  # warm-up
+    per_round = {name: [] for name in decoders}
+    for r in range(repeats):
+        totals = {name: [0.0, 0] for name in decoders}
+        for i, prompt in enumerate(prompts):
+            names = list(decoders)
+            for name in names[i % 3:] + names[:i % 3]:  # rotate the order prompt by prompt
+                g = decoders[name](prompt)
+                totals[name][0] += g.seconds
+                totals[name][1] += g.num_tokens
+        for name, (sec, tok) in totals.items():
+            per_round[name].append(1000.0 * sec / max(1, tok))
+    return {name: statistics.median(v) for name, v in per_round.items()}
+
+
+@torch.inference_mode()
+def step_breakdown(lm, prompt: str, steps: int, repeats: int, weak: str) -> dict[str, float]:
+    """ms of one decoding forward step (cache of ``prompt`` + a few tokens), interleaved: batch 1;
+    batch 2 without any edit; batch 2 with the weak routing on every row (one plan for all tokens);
+    batch 2 with the weak routing on row 1 only (what SCMoE runs)."""
+    from workbench.contrast.decode import encode_prompt
+    from workbench.contrast.weak import on_row, weak_spec
+
+    ids = encode_prompt(lm, prompt)
+    spec = weak_spec(weak, lm)
+
+    def run(batch: int, edit_spec=None) -> float:
+        def body():
+            out = lm.model(input_ids=ids.expand(batch, -1), use_cache=True, logits_to_keep=1)
+            cache, token = out.past_key_values, torch.full((batch, 1), int(ids[0, -1]))
+            start = time.perf_counter()
+            for _ in range(steps):
+                cache = lm.model(input_ids=token, past_key_values=cache, use_cache=True,
+                                 logits_to_keep=1).past_key_values
+            return 1000.0 * (time.perf_counter() - start) / steps
+        if edit_spec is None:
+            return body()
+        with wb.edit(lm, edit_spec):
+            return body()
+
+    cases = {"batch 1": lambda: run(1), "batch 2, no edit": lambda: run(2),
+             "batch 2, weak on all rows": lambda: run(2, spec),
+             "batch 2, weak on row 1 (SCMoE)": lambda: run(2, on_row(spec, 1))}
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            times[name].append(case())
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--sample", type=int, default=300, help="held-out sums for the accuracy table")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts for the latency measurement")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--betas", default="0.25,0.5,1.0")
+    parser.add_argument("--weaks", default="rank2,top1,random")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lm, heldout = _model(args.model)
+    weak = "rank2" if lm.num_experts > 2 else "rank1"
+    start = time.perf_counter()
+    ms = latency(lm, _prompts(heldout, args.prompts), args.max_new_tokens, args.repeats, weak)
+    prompts = _prompts(heldout, args.prompts)
+    steps = step_breakdown(lm, prompts[0], 16, 2 * args.repeats + 1, weak)
+    betas = [float(b) for b in args.betas.split(",")]
+    weaks = [w for w in args.weaks.split(",") if w]
+    result = evaluate(lm, demo_tasks(args.sample), grid(betas, weaks), max_new_tokens=6, stop="\n",
+                      progress=False)
+    summary = result.summary()
+    greedy_ms = ms["greedy"]
+    lines = [
+        (f"model: {lm.source} ({lm.adapter.describe(lm.config)}), {args.threads} thread(s), "
+         f"{platform.processor() or platform.machine()}, torch {torch.__version__}"),
+        (f"latency: {args.prompts} prompts x {args.max_new_tokens} new tokens, weak={weak}, beta=0.5, "
+         f"median of {args.repeats} interleaved rounds (ms per generated token, prompt pass included)"),
+    ]
+    for name, value in ms.items():
+        lines.append(f"  {name:18s} {value:7.2f} ms/token   ratio {value / greedy_ms:.2f}x")
+    ratio = ms["scmoe (batched)"] / greedy_ms
+    lines.append(f"  target for batched SCMoE <= 1.25x greedy on CPU, batch 1: {'met' if ratio <= 1.25 else 'not met'}")
+    lines.append("one decoding forward step (model only, median, ms):")
+    for name, value in steps.items():
+        lines.append(f"  {name:32s} {value:7.2f} ms   ratio {value / steps['batch 1']:.2f}x")
+    lines.append(f"accuracy: exact match on {len(result.outputs) // len(summary)} held-out sums "
+                 f"(demo arith_heldout.jsonl), 6 new tokens, stop at newline, alpha=0.1")
+    paired = result.compare("greedy").set_index("method")
+    for row in summary.itertuples():
+        line = f"  {row.method:20s} accuracy {row.accuracy * 100:5.1f}%   {row.ms_per_token:6.2f} ms/token"
+        if row.method in paired.index:
+            c = paired.loc[row.method]
+            line += (f"   vs greedy {c.delta * 100:+5.1f} ± {c.se * 100:.1f} points "
+                     f"(fixed {int(c.fixed)}, broken {int(c.broken)})")
+        lines.append(line)
+    lines.append("  (± = paired standard error; differences under about 2 SE are noise)")
+    lines.append(f"(total {time.perf_counter() - start:.0f} s; machine load average at the end "
+                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock ratios are noisy on a busy machine)")
+    print("\n".join(lines))
+    print(f"scmoe latency ratio: {ms['scmoe (batched)'] / greedy_ms:.2f}x (two-pass "
+          f"{ms['scmoe (two-pass)'] / greedy_ms:.2f}x)")
+    if args.write:
+        write_section("self-contrast decoding", "python benchmarks/contrast.py --write", lines)
+
+
+if __name__ == "__main__":
+    main()
