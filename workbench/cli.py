@@ -63,6 +63,66 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_steer(args) -> int:
+    import workbench as wb
+    from workbench.steering.pipeline import steer_sets
+    from workbench.steering.prompts import read_jsonl_texts
+
+    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    a_texts = [r["text"] for r in read_jsonl_texts(args.a)]
+    b_texts = [r["text"] for r in read_jsonl_texts(args.b)]
+    contrast, experiment = steer_sets(
+        lm, a_texts, b_texts, top=args.top, out=args.out, prompt_tokens=args.prompt_tokens or None,
+        seeds=range(args.seeds), mode=args.mode, on_weight=args.weight, max_new_tokens=args.max_new_tokens,
+        measure=args.measure, permutations=args.permutations, figures=args.figures, progress=not args.quiet)
+    print("\n".join(experiment.report_lines()))
+    print(f"wrote {Path(args.out) / 'experts.csv'} and {Path(args.out) / 'experiment.csv'}")
+    return 0
+
+
+def _cmd_contrast(args) -> int:
+    import codecs
+
+    import workbench as wb
+    from workbench.contrast.evaluate import GREEDY, evaluate, read_tasks, scmoe
+
+    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    tasks = read_tasks(args.tasks)[: args.sample]
+    stop = [codecs.decode(s, "unicode_escape") for s in args.stop] or None
+    result = evaluate(lm, tasks, [GREEDY, scmoe(args.beta, args.alpha, args.weak)],
+                      max_new_tokens=args.max_new_tokens, stop=stop, bos=not args.no_bos, progress=not args.quiet)
+    result.save(args.out)
+    print(result.summary().to_string(index=False))
+    print(f"wrote {Path(args.out) / 'outputs.jsonl'} and {Path(args.out) / 'summary.csv'}")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    """Write MoEE embeddings of a text file as an ``[N, D]`` float32 ``.npy`` (input order).
+
+    ``concat`` standardises HS and RW with statistics fitted on the input texts themselves, or on
+    ``--reference`` texts when given, or taken from a saved ``--embedder`` folder.
+    """
+    import workbench as wb
+    from workbench.embeddings import MoEEmbedder
+    from workbench.embeddings.export import embed_to_file
+
+    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    texts, _ = read_texts(args.texts)
+    if args.embedder:
+        emb = MoEEmbedder.load(args.embedder, lm)
+    else:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        emb = MoEEmbedder(lm, template=args.template, unit=args.unit, layers=layers,
+                          alpha=1.0 if args.alpha is None else args.alpha, batch_size=args.batch_size,
+                          max_length=args.max_length)
+    reference = read_texts(args.reference)[0] if args.reference else None
+    matrix = embed_to_file(emb, texts, args.kind, args.out, alpha=args.alpha, reference=reference,
+                           progress=not args.quiet)
+    print(f"{emb.describe()}\nwrote {matrix.shape[0]}x{matrix.shape[1]} float32 ({args.kind}) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +151,58 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sample", type=int, default=None, help="documents to record (default: all)")
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    steer = sub.add_parser("steer", help="rank experts by set A vs set B, steer them, measure vs random")
+    steer.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+    steer.add_argument("--a", required=True, help="JSONL of set A (one {\"text\": ...} a line)")
+    steer.add_argument("--b", required=True, help="JSONL of set B")
+    steer.add_argument("--top", type=int, default=10, help="N: experts to switch off / force on")
+    steer.add_argument("--out", required=True, help="folder for experts.csv, experiment.csv, ...")
+    steer.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt (0 = whole text)")
+    steer.add_argument("--seeds", type=int, default=3, help="random-expert controls")
+    steer.add_argument("--mode", choices=["next_best", "empty"], default="next_best", help="switch-off semantics")
+    steer.add_argument("--weight", type=float, default=None, help="weight of forced experts (default: top-1)")
+    steer.add_argument("--max-new-tokens", type=int, default=24)
+    steer.add_argument("--measure", choices=["count", "weight"], default="count")
+    steer.add_argument("--permutations", type=int, default=1000)
+    steer.add_argument("--figures", action="store_true", help="also write contrast.html and experiment.html")
+    steer.add_argument("--device", default=None)
+    steer.add_argument("--trust-remote-code", action="store_true")
+    steer.add_argument("--quiet", action="store_true")
+    steer.set_defaults(func=_cmd_steer)
+    con = sub.add_parser("contrast", help="greedy vs self-contrast (SCMoE) decoding: accuracy and ms/token")
+    con.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+    con.add_argument("--tasks", required=True, help="JSONL, one {\"prompt\": ..., \"answer\": ...} a line")
+    con.add_argument("--out", required=True, help="folder for outputs.jsonl and summary.csv")
+    con.add_argument("--beta", type=float, default=0.5, help="contrast strength")
+    con.add_argument("--alpha", type=float, default=0.1, help="plausibility cut-off")
+    con.add_argument("--weak", default="rank2", help="weak routing: rankN, top1, random, random:SEED")
+    con.add_argument("--max-new-tokens", type=int, default=64)
+    con.add_argument("--stop", action="append", default=[], help="stop string (repeatable; '\\n' = newline)")
+    con.add_argument("--sample", type=int, default=None, help="evaluate the first N tasks only")
+    con.add_argument("--no-bos", action="store_true", help="do not put the tokenizer's BOS before prompts")
+    con.add_argument("--device", default=None)
+    con.add_argument("--trust-remote-code", action="store_true")
+    con.add_argument("--quiet", action="store_true")
+    con.set_defaults(func=_cmd_contrast)
+    emb = sub.add_parser("embed", help="MoEE text embeddings (rw, hs, concat, sum) into an .npy matrix")
+    emb.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+    emb.add_argument("--texts", required=True, help=".txt (one text a line) or .jsonl (text, label)")
+    emb.add_argument("--kind", choices=["rw", "hs", "concat", "sum"], default="sum")
+    emb.add_argument("--alpha", type=float, default=None, help="RW weight for sum (default 1)")
+    emb.add_argument("--out", required=True, help="output .npy, [N, D] float32 in input order")
+    emb.add_argument("--reference", default=None,
+                     help="texts to fit concat's standardisation on (default: the input texts)")
+    emb.add_argument("--embedder", default=None, help="a saved MoEEmbedder folder (overrides the options below)")
+    emb.add_argument("--template", default="none", help='"none", "prompteol" or a custom "...{text}..."')
+    emb.add_argument("--unit", choices=["probs", "logits", "weights"], default="probs", help="RW unit")
+    emb.add_argument("--layers", default=None, help="comma-separated MoE layers for RW (default: all)")
+    emb.add_argument("--batch-size", type=int, default=8)
+    emb.add_argument("--max-length", type=int, default=None)
+    emb.add_argument("--device", default=None)
+    emb.add_argument("--trust-remote-code", action="store_true")
+    emb.add_argument("--quiet", action="store_true")
+    emb.set_defaults(func=_cmd_embed)
     return parser
 
 
