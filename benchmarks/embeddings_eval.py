@@ -42,7 +42,7 @@ def _data(model: str, per_label: int | None):
         print("demo checkpoint or held-out data absent: tiny random qwen3_moe on the built-in sample texts")
         texts, labels = sample_texts()
         return wb.wrap(*tiny_model("qwen3_moe")), texts, labels, "tiny random qwen3_moe, 32 sample texts"
-    from workbench.cli import read_texts
+    from workbench.jsonl import read_texts
 
     lm = wb.load(model)
     texts, labels = read_texts(heldout)
@@ -58,7 +58,7 @@ def _data(model: str, per_label: int | None):
 
 
 def _checkpoint_note(lm) -> str:
-    """Training steps and tokens of the demo checkpoint (from its training log) and its fingerprint."""
+    """Training steps and tokens (all phases) of the demo checkpoint (from its training log) and its fingerprint."""
     import json
 
     from workbench.demo import CHECKPOINT_DIR
@@ -66,6 +66,7 @@ def _checkpoint_note(lm) -> str:
     log = CHECKPOINT_DIR / "training_log.json"
     if lm.source == "demo" and log.is_file():
         info = json.loads(log.read_text())
+        info = info.get("total", info)  # a multi-phase run keeps its totals under "total"
         return f"{info.get('steps')} steps, {info.get('tokens')} tokens, fingerprint {lm.fingerprint}"
     return f"fingerprint {lm.fingerprint}"
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func  # noqa: E402
 
 from workbench.demo.corpus import build_corpus  # noqa: E402
-from workbench.demo.model import layer_balance, make_config, per_layer_balance_loss  # noqa: E402
+from workbench.demo.model import layer_balance, per_layer_balance_loss  # noqa: E402
 from workbench.demo.train import lr_at, main as train_main  # noqa: E402
 
 

@@ -47,7 +47,6 @@ def test_labels_scores_and_dataframe(tiny, texts):
     # weights in rank order: heaviest first
     assert (trace.topk_w[:, :, 0] >= trace.topk_w[:, :, 1]).all()
     # the recorded routing is the model's routing: recompute it from the recorded logits
-    from workbench.kernels import route
     logits = torch.from_numpy(trace.scores[0].astype(np.float32))
     assert trace.scores.dtype == np.float16
     assert (trace.topk_idx[0] >= 0).all() and logits.shape[1] == 8

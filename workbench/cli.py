@@ -1,40 +1,25 @@
 """Command line: ``python -m workbench <command> ...``.
 
 Commands:
-    record  record a text file's routing into a trace folder.
-    demo    the main job: record the demo model's held-out corpus and write a report folder.
-    info    print what the workbench knows about a model.
+    record    record a text file's routing into a trace folder.
+    demo      the main job: record the demo model's held-out corpus and write a report folder.
+    info      print what the workbench knows about a model.
+    steer     rank experts by contrasting two prompt sets, switch them off/on, measure vs random.
+    contrast  greedy vs self-contrast (SCMoE) decoding on a JSONL task file.
+    embed     routing-weight (MoEE) embeddings of texts into an ``.npy`` matrix.
+    prune     drop experts (enumerative, frequency, random) and save a plain-transformers checkpoint.
+    skip      calibrate dynamic-skipping thresholds and save them with the checkpoint.
+
+Run ``python -m workbench <command> --help`` for each command's options.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-
-def read_texts(path) -> tuple[list[str], list | None]:
-    """Texts (and labels) from a ``.txt`` file (one text a line) or ``.jsonl`` (``text``, ``label``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix == ".jsonl":
-        texts, labels = [], []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-            if "text" not in obj:
-                raise ValueError(f"{path}:{n}: each JSONL line needs a 'text' field")
-            texts.append(obj["text"])
-            labels.append(obj.get("label"))
-        return texts, labels if any(x is not None for x in labels) else None
-    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts, None
+from workbench.jsonl import read_texts
 
 
 def _cmd_record(args) -> int:

@@ -13,7 +13,6 @@ import json
 import random
 import sys
 import warnings
-from collections import defaultdict
 from pathlib import Path
 
 from workbench.demo.sources import SOURCES, SourceMissing, read_source

@@ -12,31 +12,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
-from pathlib import Path
+
+from workbench.jsonl import read_jsonl
 
 
 def read_jsonl_texts(path) -> list[dict]:
     """``[{"text", "label"?}, ...]`` from a JSONL file; says which line is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            raise ValueError(f"{path}:{n}: each line needs a 'text' string")
-        rows.append(obj)
-    if not rows:
-        raise ValueError(f"{path} holds no texts")
-    return rows
+    return read_jsonl(path, required=("text",), strings=("text",), what="texts")
 
 
 def cut_prompt(text: str, tokenizer, prompt_tokens: int) -> str:
