@@ -169,8 +169,10 @@ def test_weak_row_uses_the_chosen_expert(family, weak, tiny):
         lm.probes.remove_listener(listener)
     prompt_len = len(calls[0][1]) // 2
     assert len(calls) == len(lm.moe_layers) * g.num_tokens
-    for layer, logits, idx, w, valid in calls:
+    for i, (layer, logits, idx, w, valid) in enumerate(calls):
         per_row = logits.shape[0] // 2
+        forward = i // len(lm.moe_layers)  # 0 = the prompt pass, then one pass per token
+        positions = torch.arange(prompt_len) if forward == 0 else torch.tensor([prompt_len + forward - 1])
         assert per_row in (prompt_len, 1)
         strong, weak_rows = slice(0, per_row), slice(per_row, None)
         choice, _ = selection_scores(logits, lm.rule, lm.selection_bias(layer))
@@ -180,7 +182,7 @@ def test_weak_row_uses_the_chosen_expert(family, weak, tiny):
             assert torch.equal(idx[weak_rows, 0], order[weak_rows, rank])
             assert (w[weak_rows, 0] == 1.0).all()
         elif weak == "random":
-            assert (idx[weak_rows, 0] == spec.expert_for(layer, lm.num_experts)).all()
+            assert torch.equal(idx[weak_rows, 0], spec.experts_for(layer, positions, lm.num_experts))
             assert (w[weak_rows, 0] == 1.0).all()
         else:
             top1 = route(logits[weak_rows], lm.rule, 1, lm.selection_bias(layer))

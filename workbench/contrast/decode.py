@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench.contrast.result import Generation
-from workbench.contrast.scoring import WEAK_FLOOR, check_params, choose, scores_from_logprobs
+from workbench.contrast.scoring import WEAK_FLOOR, check_params, choose, scores_and_mask
 from workbench.contrast.weak import describe, on_row, weak_spec
 from workbench.probes.edits import edit
 
@@ -97,26 +97,56 @@ class Stopper:
 
 
 class StepLog:
-    """Per-step candidate data, kept as tensors (no host sync inside the loop)."""
+    """Per-step candidate data, kept as tensors (no host sync inside the loop).
+
+    Log-probabilities are stored as they come and turned into probabilities once, in
+    :meth:`tensors`; weak log-probabilities are clamped at :data:`WEAK_FLOOR` first (as the score
+    does), which changes no probability (``exp(-1e4)`` is 0 in float32).
+    """
 
     def __init__(self, top: int = TOP_KEPT):
         self.top = top
         self.rows: dict[str, list[torch.Tensor]] = {}
 
+    def _append(self, entry: dict) -> None:
+        for key, value in entry.items():
+            self.rows.setdefault(key, []).append(value)
+
     def add(self, chosen: torch.Tensor, logp_s: torch.Tensor, logp_w: torch.Tensor | None = None,
             score: torch.Tensor | None = None) -> None:
+        """One step from ``[V]`` strong (and weak) log-probabilities and the ``[V]`` scores."""
         n = min(self.top, logp_s.shape[-1])
         lp_s, ids_s = torch.topk(logp_s, n)
-        entry = {"strong_ids": ids_s, "strong_p": lp_s.exp(), "chosen_p_strong": logp_s[chosen].exp()}
+        entry = {"strong_ids": ids_s, "strong_p": lp_s, "chosen_p_strong": logp_s[chosen]}
         if logp_w is not None:
             lp_w, ids_w = torch.topk(logp_w, n)
-            entry.update(weak_ids=ids_w, weak_p=lp_w.exp(), chosen_p_weak=logp_w[chosen].exp(),
+            entry.update(weak_ids=ids_w, weak_p=lp_w, chosen_p_weak=logp_w[chosen],
                          chosen_score=score[chosen], n_plausible=torch.isfinite(score).sum())
-        for key, value in entry.items():
-            self.rows.setdefault(key, []).append(value.detach().cpu())
+        self._append(entry)
+
+    def add_pair(self, chosen: torch.Tensor, logp: torch.Tensor, score: torch.Tensor,
+                 plausible: torch.Tensor) -> None:
+        """One SCMoE step from ``[2, V]`` log-probabilities (row 0 strong, row 1 weak), the scores
+        and the plausible mask: the same entries as :meth:`add`, with one top-k for both rows
+        (split into strong and weak in :meth:`tensors`)."""
+        n = min(self.top, logp.shape[-1])
+        lp, ids = torch.topk(logp, n)
+        self._append({"pair_ids": ids, "pair_p": lp, "pair_chosen_p": logp[:, chosen],
+                      "chosen_score": score[chosen], "n_plausible": plausible.count_nonzero()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: torch.stack(v) for k, v in self.rows.items()}
+        out = {k: torch.stack(v).detach().cpu() for k, v in self.rows.items()}
+        if "pair_ids" in out:
+            ids, lp, at = out.pop("pair_ids"), out.pop("pair_p"), out.pop("pair_chosen_p")
+            out.update(strong_ids=ids[:, 0], strong_p=lp[:, 0], chosen_p_strong=at[:, 0],
+                       weak_ids=ids[:, 1], weak_p=lp[:, 1], chosen_p_weak=at[:, 1])
+        for key in ("weak_p", "chosen_p_weak"):
+            if key in out:
+                out[key] = out[key].clamp_min(WEAK_FLOOR)
+        for key in ("strong_p", "chosen_p_strong", "weak_p", "chosen_p_weak"):
+            if key in out:
+                out[key] = out[key].exp()
+        return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,10 +199,10 @@ def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="ra
         while True:
             logits, cache = _forward(lm, step_ids, cache)
             logp = torch.log_softmax(logits, dim=-1)
-            score = scores_from_logprobs(logp[0], logp[1], alpha, beta)
+            score, plausible = scores_and_mask(logp[0], logp[1], alpha, beta)
             token = choose(score.unsqueeze(0).cpu(), sample, temperature, generator)[0] if sample \
                 else score.argmax()
-            log.add(token, logp[0], logp[1].clamp_min(WEAK_FLOOR), score)
+            log.add_pair(token, logp, score, plausible)
             out_ids.append(int(token))
             if stopper.done(out_ids):
                 break

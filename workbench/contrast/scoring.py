@@ -25,6 +25,8 @@ import torch
 WEAK_FLOOR = -1.0e4
 """Weak log-probabilities are clamped at this value (nats) before the contrast."""
 
+_NEG_INF = torch.tensor(float("-inf"))  # a 0-dim operand is cheaper than a Python float in torch.where
+
 
 def check_params(alpha: float, beta: float) -> None:
     """Raise a ``ValueError`` that says what to pass when ``alpha``/``beta`` are out of range."""
@@ -47,8 +49,9 @@ def plausible_mask(logp_strong: torch.Tensor, alpha: float) -> torch.Tensor:
         ``[..., V]`` bool; always True at the strong argmax.
     """
     log_alpha = math.log(alpha) if alpha > 0 else float("-inf")
-    top = logp_strong.max(dim=-1, keepdim=True).values
-    return (logp_strong >= top + log_alpha) & (logp_strong > float("-inf"))
+    top = logp_strong.amax(dim=-1, keepdim=True)
+    # the threshold is never below the lowest finite value, so -inf is never plausible
+    return logp_strong >= (top + log_alpha).clamp_min(torch.finfo(logp_strong.dtype).min)
 
 
 def contrast_scores(strong_logits: torch.Tensor, weak_logits: torch.Tensor, alpha: float = 0.1,
@@ -84,9 +87,16 @@ def scores_from_logprobs(logp_strong: torch.Tensor, logp_weak: torch.Tensor, alp
                          beta: float) -> torch.Tensor:
     """:func:`contrast_scores` on log-probabilities already computed (the decoders' fast path;
     parameters are not checked here)."""
+    return scores_and_mask(logp_strong, logp_weak, alpha, beta)[0]
+
+
+def scores_and_mask(logp_strong: torch.Tensor, logp_weak: torch.Tensor, alpha: float,
+                    beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scores_from_logprobs` and the :func:`plausible_mask` it applied."""
     logp_w = logp_weak.nan_to_num(nan=WEAK_FLOOR).clamp_min(WEAK_FLOOR)
-    score = (1.0 + beta) * logp_strong - beta * logp_w
-    return score.masked_fill(~plausible_mask(logp_strong, alpha), float("-inf"))
+    score = torch.lerp(logp_w, logp_strong, 1.0 + beta)  # = (1 + beta) * logp_s - beta * logp_w
+    plausible = plausible_mask(logp_strong, alpha)
+    return torch.where(plausible, score, _NEG_INF), plausible
 
 
 def choose(scores: torch.Tensor, sample: bool = False, temperature: float = 1.0,

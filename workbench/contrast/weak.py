@@ -6,7 +6,8 @@ A weak routing is any :class:`~workbench.probes.edits.Spec`. Named choices:
   router scores, weight 1 (:class:`~workbench.KeepRank`). The paper's Mixtral setting is rank 2.
 * ``"top1"``: the model's own best expert alone (:class:`~workbench.TopK` ``(1)``, renormalised by
   the family rule).
-* ``"random"`` (``"random:SEED"``): :class:`RandomExpert`, one seeded random expert per layer.
+* ``"random"`` (``"random:SEED"``): :class:`RandomExpert`, a seeded random expert for every token
+  at every layer (drawn from the seed, the layer and the token's position).
 
 Example:
     >>> from workbench.testing import tiny_model
@@ -23,8 +24,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
-from workbench.probes.edits import KeepRank, Spec, TopK
+import torch
+
+from workbench.kernels.routing import random_experts
+from workbench.probes.edits import KeepRank, Spec, TopK, _single_mode
 
 WEAK_CHOICES = ("rank2", "rank1", "top1", "random")
 """Named weak routings offered by the widget and the command line (any ``rankN`` also works)."""
@@ -32,28 +37,34 @@ WEAK_CHOICES = ("rank2", "rank1", "top1", "random")
 
 @dataclass(frozen=True)
 class RandomExpert(Spec):
-    """Every token goes to one random expert per layer, with weight ``weight`` (a control).
+    """Every token goes to one random expert at every layer, with weight ``weight`` (a control).
 
-    The expert of each layer is drawn once from ``seed`` and the layer index, so the same seed gives
-    the same routing in every forward pass, in the batched and in the two-pass decoder alike. The
-    routing plan cannot hold a different expert per token, so this is "one random expert per layer",
-    not a fresh draw per token.
+    The expert of a token is drawn from ``seed``, the layer and the token's position in its
+    sequence (the ``position_ids`` the model runs with), by a hash: the same seed gives the same
+    experts in every run, and a token gets the same expert whether its sequence is read in one
+    forward pass or one token at a time, so the batched and the two-pass decoder agree. Tokens at
+    the same position of different batch rows get the same expert.
 
     Args:
         seed: seed of the draw.
         weight: the expert's routing weight (1 as in the paper's single-expert weak routings).
     """
 
+    needs_positions: ClassVar[bool] = True
     seed: int = 0
     weight: float = 1.0
 
-    def expert_for(self, layer: int, num_experts: int) -> int:
-        """The expert this spec routes layer ``layer`` to."""
-        return random.Random(f"{self.seed}:{layer}").randrange(num_experts)
+    def layer_seed(self, layer: int) -> int:
+        """The seed of layer ``layer``'s draws (from ``seed`` and the layer index)."""
+        return random.Random(f"{self.seed}:{layer}").getrandbits(31)
+
+    def experts_for(self, layer: int, positions, num_experts: int) -> torch.Tensor:
+        """The experts this spec routes the tokens at ``positions`` of layer ``layer`` to."""
+        return random_experts(self.layer_seed(layer), torch.as_tensor(positions), num_experts)
 
     def update(self, plan, layer, lm):
-        expert = self.expert_for(layer, lm.num_experts)
-        return replace(plan, k=1, forced=plan.forced + ((expert, float(self.weight)),))
+        _single_mode(plan, "random")
+        return replace(plan, k=1, mode="random", seed=self.layer_seed(layer), rank_weight=float(self.weight))
 
 
 def weak_spec(choice, lm) -> Spec:

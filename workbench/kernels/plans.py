@@ -124,6 +124,9 @@ def check_plans(plans, num_experts: int) -> list[RoutingPlan]:
         if not isinstance(p, RoutingPlan):
             raise TypeError(f"plan {i} is a {type(p).__name__}, not a RoutingPlan "
                             "(build plans from specs with lm.probes.plan_for([spec], layer))")
+        if p.mode == "random":
+            raise ValueError(f"plan {i} draws a random expert per token position, which replay and route_plans "
+                             "do not have; route it live (wb.edit) or with apply_plan(..., positions=)")
         if p.mode == "topk" and not 1 <= p.k <= num_experts:
             raise ValueError(f"plan {i}: k={p.k} must be between 1 and the number of experts ({num_experts})")
     return plans

@@ -109,10 +109,29 @@ def _rescale(slots: list[Slot], old_total: float) -> list[Slot]:
     return [(e, w * factor if ok else 0.0, ok) for e, w, ok in slots]
 
 
-def plan_token(logits, rule: RoutingRule, plan: RoutingPlan, bias=None) -> list[Slot]:
-    """One token routed under ``plan``: the same semantics as ``routing.apply_plan``."""
+def _mix31(x: int) -> int:
+    mask = (1 << 31) - 1
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & mask
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & mask
+    return x ^ (x >> 16)
+
+
+def random_expert(seed: int, position: int, num_experts: int, blocked=frozenset()) -> int:
+    """The expert ``routing.random_experts`` draws for one position (plain integer arithmetic)."""
+    mask = (1 << 31) - 1
+    candidates = [e for e in range(num_experts) if e not in blocked]
+    return candidates[_mix31((_mix31(position & mask) + (seed & mask)) & mask) % len(candidates)]
+
+
+def plan_token(logits, rule: RoutingRule, plan: RoutingPlan, bias=None, position: int | None = None) -> list[Slot]:
+    """One token routed under ``plan``: the same semantics as ``routing.apply_plan``
+    (``position`` is the token's position, needed by ``mode="random"`` only)."""
     blocked = frozenset(plan.blocked)
-    if plan.mode == "topk":
+    if plan.mode == "random":
+        if position is None:
+            raise ValueError("a random-expert plan routes by token position: pass position=")
+        slots = [(random_expert(int(plan.seed or 0), int(position), len(logits), blocked), plan.rank_weight, True)]
+    elif plan.mode == "topk":
         slots = route_token(logits, rule, plan.k, bias, blocked)
     elif plan.mode == "top_p":
         z = [float(x) if e not in blocked else -math.inf for e, x in enumerate(logits)]

@@ -18,6 +18,7 @@ import torch
 from workbench.kernels.rules import RoutingRule
 
 NEG_INF = float("-inf")
+_NEG_INF_T = torch.tensor(NEG_INF)  # a 0-dim operand compares faster than a Python float
 
 
 @dataclass
@@ -53,10 +54,13 @@ class RoutingPlan:
             normalisation, as in Lu et al.).
         emptied: experts whose slot is left empty; the remaining weights are rescaled to the
             token's original total weight.
-        mode: ``"topk"``, ``"top_p"`` or ``"rank"``.
+        mode: ``"topk"``, ``"top_p"``, ``"rank"`` or ``"random"``.
         top_p: probability mass for ``mode="top_p"``.
         rank: 0-based rank for ``mode="rank"`` (a single expert).
-        rank_weight: weight of that expert.
+        rank_weight: weight of the single expert of ``mode="rank"`` or ``"random"``.
+        seed: for ``mode="random"``: each token goes to one expert drawn from ``seed`` and the
+            token's position (:func:`random_experts`), the same in every forward pass that sees
+            that position; blocked experts are never drawn.
         forced: ``(expert, weight)`` pairs forced into the selection; weight None = the token's
             top-1 weight.
         skip_beta: drop the slot of rank ``i >= 1`` when ``w_i < beta * w_0``, then rescale.
@@ -71,6 +75,7 @@ class RoutingPlan:
     rank_weight: float = 1.0
     forced: tuple = ()
     skip_beta: float | None = None
+    seed: int | None = None
 
 
 def _allowed_mask(num_tokens: int, num_experts: int, blocked, device) -> torch.Tensor | None:
@@ -249,10 +254,49 @@ def route_rank(logits: torch.Tensor, rule: RoutingRule, rank: int, weight: float
     if not 0 <= rank < choice.shape[-1]:
         raise ValueError(f"rank {rank} is out of range for {choice.shape[-1]} experts")
     top_choice, idx = torch.topk(choice, k=rank + 1, dim=-1)
-    idx = idx[:, rank:rank + 1]
-    valid = top_choice[:, rank:rank + 1] > NEG_INF
-    w = torch.where(valid, torch.full(idx.shape, float(weight)), torch.zeros(idx.shape))
-    return Decision(idx, w.to(logits.device), valid)
+    idx = idx[:, rank:]
+    valid = top_choice[:, rank:] > _NEG_INF_T
+    if weight == 1.0:
+        w = valid.to(torch.float32)
+    else:
+        w = torch.where(valid, torch.full(idx.shape, float(weight), device=idx.device),
+                        torch.zeros(idx.shape, device=idx.device))
+    return Decision(idx, w, valid)
+
+
+_HASH_MASK = (1 << 31) - 1
+
+
+def _mix31(x: torch.Tensor) -> torch.Tensor:
+    """An integer hash of int64 values in ``[0, 2**31)`` (products stay below ``2**63``)."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _HASH_MASK
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _HASH_MASK
+    return x ^ (x >> 16)
+
+
+def random_experts(seed: int, positions: torch.Tensor, num_experts: int, blocked=()) -> torch.Tensor:
+    """``[T]`` int64: the expert that :func:`route_random` draws for each token position.
+
+    A hash of ``seed`` and the position, so the draw depends on nothing else (not on the batch,
+    the router logits or how the sequence is split into forward passes). Blocked experts are
+    skipped: the draw picks among the others, in id order.
+    """
+    candidates = [e for e in range(num_experts) if e not in blocked]
+    if not candidates:
+        raise ValueError("every expert is blocked: a random expert cannot be drawn")
+    pos = positions.long() & _HASH_MASK
+    h = _mix31((_mix31(pos) + (int(seed) & _HASH_MASK)) & _HASH_MASK) % len(candidates)
+    if len(candidates) == num_experts:
+        return h
+    return torch.tensor(candidates, device=positions.device)[h]
+
+
+def route_random(positions: torch.Tensor, num_experts: int, seed: int, weight: float = 1.0,
+                 blocked=()) -> Decision:
+    """Each token to one expert drawn by :func:`random_experts`, with weight ``weight``."""
+    idx = random_experts(seed, positions, num_experts, blocked).unsqueeze(1)
+    valid = torch.ones_like(idx, dtype=torch.bool)
+    return Decision(idx, torch.full(idx.shape, float(weight), device=idx.device), valid)
 
 
 def _rescale_to(w_new: torch.Tensor, w_old: torch.Tensor) -> torch.Tensor:
@@ -312,8 +356,11 @@ def skip(d: Decision, beta: float) -> Decision:
 
 
 def apply_plan(logits: torch.Tensor, rule: RoutingRule, plan: RoutingPlan,
-               bias: torch.Tensor | None = None) -> Decision:
+               bias: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> Decision:
     """Route ``[T, E]`` logits under ``plan`` with the family's rule.
+
+    ``positions`` (``[T]`` int) are the tokens' positions in their sequences, used only by
+    ``mode="random"``; None numbers the tokens ``0..T-1``.
 
     Example:
         >>> import torch
@@ -335,6 +382,11 @@ def apply_plan(logits: torch.Tensor, rule: RoutingRule, plan: RoutingPlan,
         d = route_top_p(logits, rule, float(plan.top_p), allowed)
     elif plan.mode == "rank":
         d = route_rank(logits, rule, int(plan.rank), plan.rank_weight, bias, allowed)
+    elif plan.mode == "random":
+        if positions is None:
+            positions = torch.arange(num_tokens, device=logits.device)
+        d = route_random(positions.to(logits.device), num_experts, int(plan.seed or 0), plan.rank_weight,
+                         plan.blocked)
     else:
         raise ValueError(f"unknown plan mode {plan.mode!r}")
     if plan.forced:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from workbench.kernels.routing import RoutingPlan
 
@@ -37,8 +38,13 @@ def _layer_map(spec, value) -> dict[int, tuple]:
 
 @dataclass(frozen=True)
 class Spec:
-    """Base of all edit specs. ``layers`` None = every MoE layer; ``rows`` None = every batch row."""
+    """Base of all edit specs. ``layers`` None = every MoE layer; ``rows`` None = every batch row.
 
+    A spec whose plan routes by token position (``mode="random"``) sets the class attribute
+    ``needs_positions``; the hook manager then also reads each decoder layer's ``position_ids``.
+    """
+
+    needs_positions: ClassVar[bool] = False
     layers: tuple | None = field(default=None, kw_only=True)
     rows: tuple | None = field(default=None, kw_only=True)
 

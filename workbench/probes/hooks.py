@@ -6,6 +6,13 @@ leaving the model exactly as it was. Hooks never touch parameters.
 
 Order on each router call: the routing is decided (the model's own, or recomputed with the family's
 rule under the active edits), then every recording listener sees the final decision.
+
+Per-row edits (``rows=``; self-contrast decoding runs row 0 natively and row 1 edited) take a fast
+path in :meth:`ProbeManager.decide`: the specs, plans and per-row token masks of each layer are
+built once while the edit frames stay the same, every distinct plan routes all tokens in one call,
+and each token takes its row's routing with ``torch.where``. :meth:`ProbeManager.decide_reference`
+is the obvious split-route-merge form it is tested against. A spec with ``needs_positions`` (the
+random-expert control) also puts a pre-hook on the decoder layers to read their ``position_ids``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from workbench.probes import seams
 
 Listener = Callable[[int, torch.Tensor, Decision], None]
 
+MAX_LAYOUTS = 64  # per-row layouts (one per batch shape) kept per layer while the edits stay the same
+
 
 class ProbeManager:
     """Installs and removes the hooks of one :class:`~workbench.loading.MoEModel`."""
@@ -30,6 +39,10 @@ class ProbeManager:
         self._handles: list = []
         self._shapes: dict[int, tuple[int, ...]] = {}
         self._pending_logits: dict[int, torch.Tensor] = {}
+        self._position_handles: list = []
+        self._positions: dict[int, torch.Tensor | None] = {}
+        self._memo_frames: tuple = ()
+        self._memo_data: dict = {}
 
     # -- activation ----------------------------------------------------------------------
     @property
@@ -55,11 +68,23 @@ class ProbeManager:
         self._sync()
 
     def _sync(self) -> None:
+        self._memo_frames, self._memo_data = (), {}  # the frames may have changed
         wanted = bool(self.edit_frames or self.listeners)
         if wanted and not self._handles:
             self._install()
         elif not wanted and self._handles:
             self._remove()
+        positions = any(getattr(s, "needs_positions", False) for frame in self.edit_frames for s in frame.specs)
+        if positions and not self._position_handles:
+            layers = self.lm.adapter.decoder_layers(self.lm.model)
+            for layer in self.lm.moe_layers:
+                self._position_handles.append(
+                    layers[layer].register_forward_pre_hook(self._position_hook(layer), with_kwargs=True))
+        elif not positions and self._position_handles:
+            for handle in self._position_handles:
+                handle.remove()
+            self._position_handles.clear()
+            self._positions.clear()
 
     def _install(self) -> None:
         adapter = self.lm.adapter
@@ -87,6 +112,13 @@ class ProbeManager:
             self._shapes[layer] = tuple(hidden.shape[:-1])
         return hook
 
+    def _position_hook(self, layer: int):
+        """Installed on decoder layers only while a spec routes by token position (RandomExpert):
+        keeps the ``position_ids`` the layer is called with."""
+        def hook(module, args, kwargs):
+            self._positions[layer] = kwargs.get("position_ids")
+        return hook
+
     def _router_hook(self, layer: int):
         io = self.lm.adapter.router_io
 
@@ -95,7 +127,7 @@ class ProbeManager:
             if io == "logits_only":
                 self._pending_logits[layer] = logits
                 return None
-            decision, changed = self.decide(layer, logits, seams.native_decision(idx, w))
+            decision, changed = self._decide_native(layer, logits, idx, w)
             for fn in self.listeners:
                 fn(layer, logits, decision)
             return seams.pack(io, out, decision, self.lm.num_experts) if changed else None
@@ -105,13 +137,20 @@ class ProbeManager:
         def hook(module, args, kwargs):
             hidden, idx, w = _experts_args(args, kwargs)
             logits = self._pending_logits.pop(layer)
-            decision, changed = self.decide(layer, logits, seams.native_decision(idx, w))
+            decision, changed = self._decide_native(layer, logits, idx, w)
             for fn in self.listeners:
                 fn(layer, logits, decision)
             if not changed:
                 return None
             return (hidden, decision.idx, decision.w.to(w.dtype)), {}
         return hook
+
+    def _decide_native(self, layer: int, logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor):
+        """:meth:`decide` from the model's own ``(idx, w)``; the ``valid`` masks are built only
+        when a listener will read the decision (the block itself needs only ``idx`` and ``w``)."""
+        if self.listeners:
+            return self.decide(layer, logits, seams.native_decision(idx, w))
+        return self.decide(layer, logits, Decision(idx.long(), w.float(), None), need_valid=False)
 
     # -- deciding ------------------------------------------------------------------------
     def active_specs(self, layer: int) -> list:
@@ -123,18 +162,111 @@ class ProbeManager:
             plan = spec.update(plan, layer, self.lm)
         return plan
 
-    def decide(self, layer: int, logits: torch.Tensor, native: Decision) -> tuple[Decision, bool]:
-        """The routing of one router call under the active edits; ``changed`` False = native."""
+    def _memo(self) -> dict:
+        """Per-layer facts that depend only on the active edit frames (specs, plans, bias, row
+        layouts), kept until the frames change. The frames themselves are held, so their ids
+        cannot be reused while the memo lives."""
+        frames = self.edit_frames
+        held = self._memo_frames
+        if len(held) != len(frames) or any(a is not b for a, b in zip(held, frames)):
+            self._memo_frames = tuple(frames)
+            self._memo_data = {}
+        return self._memo_data
+
+    def _layer_memo(self, layer: int) -> dict:
+        memo = self._memo()
+        entry = memo.get(layer)
+        if entry is None:
+            specs = self.active_specs(layer)
+            entry = {"specs": specs, "rows": {}}
+            if specs:
+                entry["bias"] = self.lm.selection_bias(layer)
+                if all(s.rows is None for s in specs):
+                    entry["plan"] = self.plan_for(specs, layer)
+            memo[layer] = entry
+        return entry
+
+    def decide(self, layer: int, logits: torch.Tensor, native: Decision,
+               need_valid: bool = True) -> tuple[Decision, bool]:
+        """The routing of one router call under the active edits; ``changed`` False = native.
+
+        Fast path: specs, plans and the per-row layout are built once per layer while the edit
+        frames stay the same; with row-restricted specs, every distinct plan routes all tokens in
+        one vectorised call and each token takes its row's result (``torch.where``). Equal to
+        :meth:`decide_reference` (tests compare them). With ``need_valid=False`` (the hooks, when
+        no listener reads the decision) the merged rows carry ``valid=None``.
+        """
+        entry = self._layer_memo(layer)
+        specs = entry["specs"]
+        if not specs:
+            return native, False
+        num_tokens = logits.shape[0]
+        shape = self._shapes.get(layer, (1, num_tokens))
+        per_row = max(num_tokens // shape[0] if len(shape) > 1 else num_tokens, 1)
+        bias = entry["bias"]
+        plan = entry.get("plan")
+        if plan is not None:
+            return self._route(layer, logits, plan, bias, per_row), True
+        key = (num_tokens, per_row, logits.device)
+        layout = entry["rows"].get(key)
+        if layout is None:
+            if len(entry["rows"]) >= MAX_LAYOUTS:  # e.g. recording many batch shapes under one edit
+                entry["rows"].clear()
+            layout = entry["rows"][key] = self._row_layout(layer, specs, num_tokens, per_row, logits.device)
+        plans, masks, pads = layout
+        parts = [native if p is None else self._route(layer, logits, p, bias, per_row) for p in plans]
+        if len(parts) == 1:
+            return parts[0], True
+        k = max(d.k for d in parts)
+        out = _pad(parts[0], k, pads, need_valid)
+        for mask, part in zip(masks, parts[1:]):
+            part = _pad(part, k, pads, need_valid)
+            out = Decision(torch.where(mask, part.idx, out.idx), torch.where(mask, part.w, out.w),
+                           torch.where(mask, part.valid, out.valid) if need_valid else None)
+        return out, True
+
+    def _route(self, layer: int, logits: torch.Tensor, plan: RoutingPlan, bias, per_row: int) -> Decision:
+        if plan.mode != "random":
+            return apply_plan(logits, self.lm.rule, plan, bias)
+        return apply_plan(logits, self.lm.rule, plan, bias, self.token_positions(layer, logits.shape[0], per_row))
+
+    def token_positions(self, layer: int, num_tokens: int, per_row: int) -> torch.Tensor:
+        """``[T]`` positions of the router's tokens in their sequences: the ``position_ids`` the
+        decoder layer was called with (transformers passes them, counting the KV cache), else
+        ``0..per_row-1`` in every row (e.g. for the nnsight bridge, which does not see them)."""
+        pos = self._positions.get(layer)
+        rows = num_tokens // per_row
+        if (isinstance(pos, torch.Tensor) and pos.dim() == 2 and pos.shape[-1] == per_row
+                and pos.shape[0] in (1, rows) and rows * per_row == num_tokens):
+            return pos.expand(rows, per_row).reshape(-1)
+        return torch.arange(num_tokens) % per_row
+
+    def _row_layout(self, layer: int, specs, num_tokens: int, per_row: int, device):
+        """The distinct plans of the rows (None = the model's own routing) and, for every plan
+        after the first, a ``[T, 1]`` bool mask of the tokens whose row uses it."""
+        num_rows = (num_tokens - 1) // per_row + 1
+        keys = [tuple(i for i, s in enumerate(specs) if s.rows is None or row in s.rows) for row in range(num_rows)]
+        distinct = list(dict.fromkeys(keys))
+        plans = [self.plan_for([specs[i] for i in key], layer) if key else None for key in distinct]
+        group = torch.tensor([distinct.index(key) for key in keys], device=device)
+        group = group.repeat_interleave(per_row)[:num_tokens]
+        masks = [(group == j).unsqueeze(1) for j in range(1, len(distinct))]
+        return plans, masks, {}
+
+    def decide_reference(self, layer: int, logits: torch.Tensor, native: Decision) -> tuple[Decision, bool]:
+        """The obvious form of :meth:`decide`: no memo; rows are split into groups with the same
+        specs, each group is routed on its own tokens, and the parts are merged back."""
         specs = self.active_specs(layer)
         if not specs:
             return native, False
         bias = self.lm.selection_bias(layer)
         rule = self.lm.rule
-        if all(s.rows is None for s in specs):
-            return apply_plan(logits, rule, self.plan_for(specs, layer), bias), True
         num_tokens = logits.shape[0]
         shape = self._shapes.get(layer, (1, num_tokens))
         per_row = num_tokens // shape[0] if len(shape) > 1 else num_tokens
+        positions = self.token_positions(layer, num_tokens, max(per_row, 1)).to(logits.device)
+        if all(s.rows is None for s in specs):
+            return apply_plan(logits, rule, self.plan_for(specs, layer), bias, positions), True
         row_of_token = torch.arange(num_tokens, device=logits.device) // max(per_row, 1)
         groups: dict[tuple, list[int]] = {}
         for row in range(int(row_of_token.max().item()) + 1):
@@ -145,11 +277,28 @@ class ProbeManager:
             mask = torch.isin(row_of_token, torch.tensor(rows, device=logits.device))
             if key:
                 plan = self.plan_for([specs[i] for i in key], layer)
-                part = apply_plan(logits[mask], rule, plan, bias)
+                part = apply_plan(logits[mask], rule, plan, bias, positions[mask])
             else:
                 part = Decision(native.idx[mask], native.w[mask], native.valid[mask])
             parts.append((mask, part))
         return _merge(parts, num_tokens), True
+
+
+def _pad(d: Decision, k: int, zeros: dict, need_valid: bool = True) -> Decision:
+    """``d`` with empty slots appended up to ``k`` (as :func:`~workbench.kernels.plans.pad_slots`:
+    the first slot's expert id, weight 0, not valid); the zero blocks are kept in ``zeros``."""
+    pad = k - d.k
+    if pad <= 0:
+        return d
+    num_tokens = d.idx.shape[0]
+    key = (pad, num_tokens, d.w.dtype, d.w.device)
+    block = zeros.get(key)
+    if block is None:
+        block = zeros[key] = (torch.zeros(num_tokens, pad, dtype=d.w.dtype, device=d.w.device),
+                              torch.zeros(num_tokens, pad, dtype=torch.bool, device=d.w.device))
+    idx = d.idx.expand(-1, k) if d.k == 1 else torch.cat([d.idx, d.idx[:, :1].expand(-1, pad)], dim=1)
+    valid = torch.cat([d.valid, block[1]], dim=1) if need_valid else None
+    return Decision(idx, torch.cat([d.w, block[0]], dim=1), valid)
 
 
 def _experts_args(args, kwargs):
