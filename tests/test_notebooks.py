@@ -14,7 +14,9 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 #: Parameters that make a notebook quick in CI (by file name).
-QUICK = {"01_routing.ipynb": {"sample": 18, "norm_docs_per_label": 1}}
+QUICK = {"01_routing.ipynb": {"sample": 18, "norm_docs_per_label": 1},
+         "02_pruning_skipping.ipynb": {"calibration_per_domain": 1, "evaluation_per_domain": 1, "keeps": [12],
+                                       "max_tokens": 64, "speed_tokens": 64, "speed_repeats": 1}}
 
 
 def test_notebooks_are_committed_without_outputs():

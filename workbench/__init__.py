@@ -15,6 +15,7 @@ from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, regi
 from workbench.kernels import RoutingRule
 from workbench.loading import MoEModel, load, wrap
 from workbench.probes import Force, KeepRank, Mask, Skip, Spec, TopK, TopP, edit, record
+from workbench.pruning import Pruner, PruningResult, SkipCalibration, calibrate_skipping, prune_model
 from workbench.trace import RoutingTrace, TraceMismatchError
 
 __version__ = "0.1.0"
@@ -23,4 +24,5 @@ __all__ = [
     "Adapter", "Force", "KeepRank", "Mask", "MoEModel", "RoutingRule", "RoutingTrace", "Skip", "Spec",
     "TopK", "TopP", "TraceMismatchError", "UnsupportedModelError", "edit", "get_adapter", "load",
     "record", "register", "supported_model_types", "wrap",
+    "Pruner", "PruningResult", "SkipCalibration", "calibrate_skipping", "prune_model",
 ]

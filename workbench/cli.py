@@ -108,6 +108,49 @@ def _cmd_embed(args) -> int:
     return 0
 
 
+def _cmd_prune(args) -> int:
+    import workbench as wb
+    from workbench.pruning.jobs import calibration_texts, prune_job
+
+    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    texts = calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
+    result = prune_job(lm, texts, args.out, keep=args.keep, share=args.share, method=args.method,
+                       progressive=args.progressive, seed=args.seed, batch_size=args.batch_size,
+                       max_length=args.max_length, max_subsets=args.max_subsets, beam_width=args.beam_width,
+                       skip=args.skip, progress=not args.quiet)
+    print(result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss"]].to_string(index=False))
+    print(f"wrote the pruned checkpoint (r={result.keep}) and {Path(args.out) / 'pruning.csv'}")
+    return 0
+
+
+def _cmd_skip(args) -> int:
+    import workbench as wb
+    from workbench.pruning.jobs import calibration_texts, skip_job
+
+    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    texts = calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
+    cal = skip_job(lm, texts, args.out, scale=args.scale, batch_size=args.batch_size, max_length=args.max_length,
+                   progress=not args.quiet)
+    print(cal.to_dataframe(args.scale).to_string(index=False))
+    print(f"wrote the checkpoint with thresholds in its config and {Path(args.out) / 'skipping.csv'}")
+    return 0
+
+
+def _calibration_args(cmd) -> None:
+    cmd.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+    cmd.add_argument("--out", required=True, help="output checkpoint folder")
+    cmd.add_argument("--texts", default=None,
+                     help="calibration .txt/.jsonl (default: the demo's held-out calibration split)")
+    cmd.add_argument("--per-domain", type=int, default=16, help="demo split: calibration documents per domain")
+    cmd.add_argument("--sample", type=int, default=None, help="use the first N calibration texts only")
+    cmd.add_argument("--seed", type=int, default=0, help="seed of the demo split and of --method random")
+    cmd.add_argument("--batch-size", type=int, default=8, help="chunks per calibration batch")
+    cmd.add_argument("--max-length", type=int, default=None, help="chunk length in tokens")
+    cmd.add_argument("--device", default=None)
+    cmd.add_argument("--trust-remote-code", action="store_true")
+    cmd.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--trust-remote-code", action="store_true")
     emb.add_argument("--quiet", action="store_true")
     emb.set_defaults(func=_cmd_embed)
+    pru = sub.add_parser("prune", help="drop experts (Lu et al.) and write a checkpoint plain transformers loads")
+    _calibration_args(pru)
+    how_many = pru.add_mutually_exclusive_group(required=True)
+    how_many.add_argument("--keep", type=int, help="R: experts kept per MoE layer")
+    how_many.add_argument("--share", type=float, help="fraction of experts pruned per layer")
+    pru.add_argument("--method", choices=["enumerate", "frequency", "random", "beam", "greedy"], default="enumerate")
+    pru.add_argument("--progressive", action="store_true", help="re-collect inputs after earlier layers are pruned")
+    pru.add_argument("--max-subsets", type=int, default=None,
+                     help="enumerate while a layer has at most this many drop sets, else beam search (20000)")
+    pru.add_argument("--beam-width", type=int, default=1, help="beam width above the switch-over (1 = greedy)")
+    pru.add_argument("--skip", action="store_true", help="also calibrate skipping thresholds on the pruned model")
+    pru.set_defaults(func=_cmd_prune)
+    skp = sub.add_parser("skip", help="calibrate dynamic-skipping thresholds and write them with the checkpoint")
+    _calibration_args(skp)
+    skp.add_argument("--scale", type=float, default=1.0, help="multiply every threshold (clipped to 1)")
+    skp.set_defaults(func=_cmd_skip)
     return parser
 
 

@@ -19,6 +19,9 @@ import torch
 
 from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, supported_model_types
 
+#: config key of dynamic-skipping thresholds ``{layer: beta}`` saved with a checkpoint (workbench.pruning)
+SKIP_CONFIG_KEY = "workbench_skip_beta"
+
 
 class MoEModel:
     """A transformers MoE model with its tokenizer and what the workbench knows of its routing.
@@ -52,6 +55,8 @@ class MoEModel:
                 "is dense. The workbench needs a model whose layers route tokens to experts.")
         self.fingerprint = compute_fingerprint(model, self.adapter, self.moe_layers)
         self._probes = None
+        #: the skipping edit re-applied from thresholds saved in the config (None without them)
+        self.saved_skip = None
 
     # -- modules -------------------------------------------------------------------------
     def block(self, layer: int) -> torch.nn.Module:
@@ -132,7 +137,22 @@ def wrap(model: torch.nn.Module, tokenizer=None, source: str = "memory") -> MoEM
         'olmoe'
     """
     model.eval()
-    return MoEModel(model, tokenizer, source=source)
+    lm = MoEModel(model, tokenizer, source=source)
+    restore_skipping(lm)
+    return lm
+
+
+def restore_skipping(lm: MoEModel) -> None:
+    """Re-apply dynamic-skipping thresholds saved in the config (``workbench_skip_beta``) as an edit
+    that stays active, held in ``lm.saved_skip``; ``workbench.pruning.saved_skipping_off(lm)``
+    suspends it. Nothing happens for a config without thresholds."""
+    saved = getattr(lm.model.config, SKIP_CONFIG_KEY, None)
+    if not saved:
+        return
+    from workbench.probes.edits import Skip, edit
+
+    lm.saved_skip = edit(lm, Skip({int(layer): float(beta) for layer, beta in dict(saved).items()}))
+    lm.probes.push_edit(lm.saved_skip)
 
 
 def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None = None,

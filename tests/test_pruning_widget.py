@@ -1,0 +1,54 @@
+"""The pruning panel wires controls to workbench.pruning (driven by setting trait values)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from test_pruning import TEXTS
+
+from workbench.widgets.pruning import PruningPanel
+
+ROWS = [{"text": "12 + 34 = 46. 7 + 8 = 15.", "label": "arith"}, {"text": "def f(x):\n    return x", "label": "code"}]
+
+
+def test_panel_prunes_calibrates_evaluates_and_exports(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm = tiny("mixtral")
+    panel = PruningPanel(lm, TEXTS, ROWS, folder=tmp_path)
+    panel.share.value = 0.5
+    assert panel.keep.value == 4
+    panel.keep.value = 6
+    assert panel.share.value == pytest.approx(0.25)
+    panel.method.value = "frequency"
+    res = panel.run()
+    assert res.method == "frequency" and [b.method for b in panel.baselines] == ["random"]
+    assert len(panel.kept_fig.data) == 1 and len(panel.loss_fig.data) == 2
+    panel.method.value = "enumerate"
+    panel.run_button.click()
+    assert panel.result.method == "enumerate" and panel.status.value == ""
+    cal = panel.calibrate()
+    before = panel.skip_fig.data[1].y
+    panel.beta_scale.value = 2.0
+    assert tuple(panel.skip_fig.data[1].y) >= tuple(before)
+    table = panel.evaluate()
+    assert set(table.domain) == {"arith", "code", "mean"}
+    assert "skipping" in panel.ppl_table.value and cal.beta
+    panel.export_bar.format.value = "csv"
+    names = sorted(p.name for p in panel.export_bar.export())
+    assert names == ["pruning_layers.csv", "pruning_perplexity.csv", "pruning_skipping.csv"]
+    panel.with_beta.value = True
+    out = panel.save_checkpoint(tmp_path / "ckpt")
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert plain.config.num_local_experts == 6 and "workbench_skip_beta" in plain.config.to_dict()
+
+
+def test_panel_reports_errors_in_its_status_line(tiny, tmp_path):
+    panel = PruningPanel(tiny("qwen3_moe"), TEXTS, [], folder=tmp_path)
+    panel.evaluate_button.click()
+    assert "evaluation rows" in panel.status.value
+    panel.save_button.click()
+    assert "prune first" in panel.status.value
+    assert not panel.lm.probes.active
