@@ -1,8 +1,9 @@
-"""The routing notebook in a real browser: JupyterLab + headless Debian Chromium through Playwright.
+"""The notebooks in a real browser: JupyterLab + headless Debian Chromium through Playwright.
 
 Starts JupyterLab on a free localhost port (no token, no browser of its own, a temporary root and
-config, no network), opens ``notebooks/01_routing.ipynb`` (with small parameters), runs every cell,
-and checks that plotly figures and ipywidgets rendered. Screenshots are kept under
+config, no network), opens each notebook of ``notebooks/`` (with the small parameters of
+``test_notebooks.QUICK``), runs every cell, and checks that plotly figures and ipywidgets rendered
+without a traceback; the routing notebook gets closer checks. Screenshots are kept under
 ``tests/artifacts/`` (git-ignored). Playwright drives the system ``/usr/bin/chromium``; it never
 downloads a browser of its own.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 NOTEBOOK = ROOT / "notebooks" / "01_routing.ipynb"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.browser,
@@ -55,15 +58,19 @@ def wait_for_server(url: str, proc: subprocess.Popen, log: Path, timeout: float 
     raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout}s; log: {log.read_text()[-3000:]}")
 
 
-@pytest.fixture()
-def jupyterlab(tmp_path):
-    """A JupyterLab server over a temporary root holding a quick copy of the notebook."""
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """A JupyterLab server over a temporary root holding a quick copy of every notebook."""
     papermill = pytest.importorskip("papermill", reason="needs papermill (pip install -e .[notebook])")
     pytest.importorskip("jupyterlab", reason="needs jupyterlab (pip install -e .[notebook])")
+    from test_notebooks import QUICK
+
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "root"
     (root / "notebooks").mkdir(parents=True)
-    papermill.execute_notebook(str(NOTEBOOK), str(root / "notebooks" / NOTEBOOK.name), prepare_only=True,
-                               parameters={"sample": 18, "norm_docs_per_label": 1}, progress_bar=False)
+    for notebook in NOTEBOOKS:
+        papermill.execute_notebook(str(notebook), str(root / "notebooks" / notebook.name), prepare_only=True,
+                                   parameters=QUICK.get(notebook.name, {}), progress_bar=False)
     settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
@@ -103,13 +110,56 @@ def jupyterlab(tmp_path):
 EMPTY_PLOTS = """(() => [...document.querySelectorAll('.js-plotly-plot')].filter(el =>
   el.querySelectorAll('.heatmaplayer image, .barlayer path, .scatterlayer path').length === 0).length)()"""
 
-RUN_ALL = """async () => {
+#: The notebook panel of ``path`` among JupyterLab's open documents (null until it is open).
+FIND_PANEL = """(path) => {
   const app = window.jupyterapp;
-  const panel = app.shell.currentWidget;
+  if (!app || !app.shell) return null;
+  for (const w of app.shell.widgets('main')) {
+    if (w.context && w.context.path === path && w.sessionContext) return w;
+  }
+  return null;
+}"""
+
+#: Activate the notebook of ``path`` and run all its cells in its own kernel.
+RUN_ALL = """async (path) => {
+  const app = window.jupyterapp;
+  const panel = (""" + FIND_PANEL + """)(path);
   await panel.context.ready;
   await panel.sessionContext.ready;
+  app.shell.activateById(panel.id);
+  await panel.content.ready;
   await app.commands.execute('notebook:run-all-cells');
 }"""
+
+
+def open_notebook(page, base: str, name: str) -> str:
+    """Open ``notebooks/NAME`` in a workspace of its own (``?reset``: no document of an earlier
+    test is restored, so the run-all command reaches this notebook) and run all its cells.
+    Returns the notebook's path in the server."""
+    path = f"notebooks/{name}"
+    page.goto(f"{base}/lab/workspaces/test-{Path(name).stem}/tree/{path}?reset", timeout=90_000)
+    page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)}) !== null", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.evaluate(RUN_ALL, path)
+    return path
+
+
+def rendered(page, sync_api) -> tuple[int, int, int]:
+    """Wait (up to a minute) until every plot, the widgets' FigureWidgets included, has drawn its
+    data; then ``(plots without data, plots, outputs with a traceback)``. A timeout is not raised
+    here: the caller's assertions report it, after its screenshots."""
+    try:
+        page.wait_for_function(EMPTY_PLOTS + " === 0", timeout=60_000)
+    except sync_api.TimeoutError:
+        pass
+    return (page.evaluate(EMPTY_PLOTS), page.locator(".js-plotly-plot").count(),
+            page.locator(".jp-OutputArea-output:has-text('Traceback')").count())
+
+
+def close_notebook(page, path: str) -> None:
+    """Shut the notebook's kernel down, so that the next test has the machine to itself."""
+    page.evaluate("async (path) => { const p = (" + FIND_PANEL + ")(path);"
+                  " if (p) { await p.sessionContext.shutdown(); p.close(); } }", path)
 
 
 def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
@@ -118,20 +168,10 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{jupyterlab}/lab/tree/notebooks/{NOTEBOOK.name}", timeout=90_000)
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.evaluate(RUN_ALL)
+            path = open_notebook(page, jupyterlab, NOTEBOOK.name)
             page.locator(".jp-OutputArea-output", has_text="notebook finished").wait_for(timeout=300_000)
-            try:  # every plot, the widgets' FigureWidgets included, has drawn its data
-                page.wait_for_function(EMPTY_PLOTS + " === 0", timeout=60_000)
-            except sync_api.TimeoutError:
-                pass  # reported by the assertion below, after the screenshots
-            empty = page.evaluate(EMPTY_PLOTS)
-            plots = page.locator(".js-plotly-plot").count()
+            empty, plots, tracebacks = rendered(page, sync_api)
             widgets = page.locator(".jupyter-widgets").count()
-            tracebacks = page.locator(".jp-OutputArea-output:has-text('Traceback')").count()
             explorer = page.locator(".widget-select-multiple").first
             explorer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
@@ -146,9 +186,67 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
             page.locator(".jp-Notebook .jp-Cell").nth(8).scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "browser_01_routing_figures.png"))
+            close_notebook(page, path)
         finally:
             browser.close()
     assert tracebacks == 0
     assert empty == 0, f"{empty} of {plots} plots rendered no data (see the screenshots in {ARTIFACTS})"
     assert plots >= 10, f"expected the notebook's figures and widget plots, found {plots} .js-plotly-plot"
     assert widgets >= 5, f"expected ipywidgets controls, found {widgets} .jupyter-widgets nodes"
+
+
+#: True once every code cell has run, or as soon as one raised (run-all stops there).
+ALL_CELLS_RAN = """() => {
+  const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(el => el.textContent);
+  const failed = [...document.querySelectorAll('.jp-OutputArea-output')].some(el => el.textContent.includes('Traceback'));
+  return failed || (prompts.length > 0 && prompts.every(t => /\\[\\d+\\]/.test(t)));
+}"""
+
+
+#: Buttons clicked in the browser after the notebook ran, by notebook: each sends a comm message to
+#: the kernel and must fill the panel's outputs (plots drawn, no error shown in the panel).
+CLICKS = {"02_pruning_skipping.ipynb": ["Prune", "Calibrate β", "Evaluate"],
+          "03_steering.ipynb": ["Rank experts", "Generate", "Run experiment"],
+          "04_self_contrast.ipynb": ["Decode"]}
+#: Plotly figures each notebook must show at the end (the self-contrast panel is HTML, no plots).
+MIN_PLOTS = {"04_self_contrast.ipynb": 0}
+#: Text each notebook's panel must show after the clicks.
+PANEL_TEXT = {"02_pruning_skipping.ipynb": "expert calls per token",
+              "03_steering.ipynb": "random_off",
+              "04_self_contrast.ipynb": "SCMoE tokens differ from what the strong routing"}
+
+
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS if p != NOTEBOOK])
+def test_notebook_widgets_render_in_jupyterlab(jupyterlab, name):
+    """Each capability notebook runs in JupyterLab's own kernel and its panel renders live widgets."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e .[dev])")
+    stem = Path(name).stem
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            path = open_notebook(page, jupyterlab, name)
+            page.wait_for_function(ALL_CELLS_RAN, timeout=400_000)
+            for label in CLICKS.get(name, []):
+                button = page.locator(".jupyter-widgets button", has_text=label).last
+                button.scroll_into_view_if_needed()
+                button.click()
+                page.wait_for_timeout(1000)  # the kernel is busy with the callback until idle again
+                page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)})"
+                                       ".sessionContext.session.kernel.status === 'idle'", timeout=300_000)
+            empty, plots, tracebacks = rendered(page, sync_api)
+            buttons = page.locator(".jupyter-widgets button").count()
+            panel_text = page.locator(".jupyter-widgets", has_text=PANEL_TEXT[name]).count() if name in PANEL_TEXT else 1
+            panel_errors = page.locator(".jupyter-widgets span", has_text=re.compile(r"\w+(Error|Exception): ")).all_inner_texts()
+            page.locator(".jupyter-widgets button").last.evaluate("el => el.scrollIntoView({block: 'end'})")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / f"browser_{stem}_panel.png"))
+            close_notebook(page, path)
+        finally:
+            browser.close()
+    assert tracebacks == 0, f"{name}: a cell raised in JupyterLab (see {ARTIFACTS}/browser_{stem}_panel.png)"
+    assert not panel_errors, f"{name}: the panel showed {panel_errors}"
+    assert empty == 0, f"{name}: {empty} of {plots} plots rendered no data"
+    assert plots >= MIN_PLOTS.get(name, 1), f"{name}: expected plotly figures, found {plots}"
+    assert panel_text, f"{name}: the panel does not show {PANEL_TEXT.get(name)!r} after {CLICKS.get(name)}"
+    assert buttons >= 2, f"{name}: expected the panel's buttons (run, export), found {buttons}"
