@@ -150,16 +150,20 @@ class StepLog:
 
 
 @functools.lru_cache(maxsize=None)
-def _keeps_last_logits(model_type: type) -> bool:
-    """Whether the model class's ``forward`` takes ``logits_to_keep`` (transformers' causal LMs do)."""
-    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+def _forward_kwargs(model_type: type) -> tuple[str, dict]:
+    """The KV-cache argument of the model class's ``forward`` (``cache`` from transformers 5.2x on,
+    ``past_key_values`` before; the old name is deprecated) and ``logits_to_keep=1`` where taken."""
+    params = inspect.signature(model_type.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    return name, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
 def _forward(lm, ids: torch.Tensor, cache):
     """Last-position logits ``[B, V]`` and the updated cache."""
-    extra = {"logits_to_keep": 1} if _keeps_last_logits(type(lm.model)) else {}
-    out = lm.model(input_ids=ids, past_key_values=cache, use_cache=True, **extra)
-    return out.logits[:, -1, :].float(), out.past_key_values
+    name, extra = _forward_kwargs(type(lm.model))
+    out = lm.model(input_ids=ids, use_cache=True, **{name: cache}, **extra)
+    new_cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+    return out.logits[:, -1, :].float(), new_cache
 
 
 @torch.inference_mode()
