@@ -108,12 +108,19 @@ def _cmd_embed(args) -> int:
     return 0
 
 
-def _cmd_prune(args) -> int:
+def _calibration(args):
+    """The model and calibration texts of the ``prune`` and ``skip`` commands."""
     import workbench as wb
-    from workbench.pruning.jobs import calibration_texts, prune_job
+    from workbench.pruning.jobs import calibration_texts
 
     lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    texts = calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
+    return lm, calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
+
+
+def _cmd_prune(args) -> int:
+    from workbench.pruning.jobs import prune_job
+
+    lm, texts = _calibration(args)
     result = prune_job(lm, texts, args.out, keep=args.keep, share=args.share, method=args.method,
                        progressive=args.progressive, seed=args.seed, batch_size=args.batch_size,
                        max_length=args.max_length, max_subsets=args.max_subsets, beam_width=args.beam_width,
@@ -124,11 +131,9 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_skip(args) -> int:
-    import workbench as wb
-    from workbench.pruning.jobs import calibration_texts, skip_job
+    from workbench.pruning.jobs import skip_job
 
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    texts = calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
+    lm, texts = _calibration(args)
     cal = skip_job(lm, texts, args.out, scale=args.scale, batch_size=args.batch_size, max_length=args.max_length,
                    progress=not args.quiet)
     print(cal.to_dataframe(args.scale).to_string(index=False))
