@@ -108,29 +108,36 @@ def latency(lm, prompts, max_new_tokens: int, repeats: int, weak: str) -> dict[s
 @torch.inference_mode()
 def step_breakdown(lm, prompt: str, steps: int, repeats: int, weak: str) -> dict[str, float]:
     """ms of one decoding forward step (cache of ``prompt`` + a few tokens), interleaved: batch 1;
-    batch 2 without any edit; batch 2 with the weak routing on every row (one plan for all tokens);
-    batch 2 with the weak routing on row 1 only (what SCMoE runs)."""
+    batch 2 without any edit; batch 2 with another token in row 1 (rows on different experts, no
+    edit); batch 2 with the weak routing on every row (one plan for all tokens); batch 2 with the
+    weak routing on row 1 only (what SCMoE runs)."""
     from workbench.contrast.decode import encode_prompt
     from workbench.contrast.weak import on_row, weak_spec
 
     ids = encode_prompt(lm, prompt)
     spec = weak_spec(weak, lm)
 
-    def run(batch: int, edit_spec=None) -> float:
+    last = int(ids[0, -1])
+    other = (last + lm.tokenizer.vocab_size // 2) % lm.tokenizer.vocab_size
+
+    def run(batch: int, edit_spec=None, tokens=None) -> float:
         def body():
-            out = lm.model(input_ids=ids.expand(batch, -1), use_cache=True, logits_to_keep=1)
-            cache, token = out.past_key_values, torch.full((batch, 1), int(ids[0, -1]))
+            _, cache = _forward(lm, ids.expand(batch, -1), None)
+            token = torch.tensor([[t] for t in tokens]) if tokens else torch.full((batch, 1), last)
             start = time.perf_counter()
             for _ in range(steps):
-                cache = lm.model(input_ids=token, past_key_values=cache, use_cache=True,
-                                 logits_to_keep=1).past_key_values
+                _, cache = _forward(lm, token, cache)
             return 1000.0 * (time.perf_counter() - start) / steps
         if edit_spec is None:
             return body()
         with wb.edit(lm, edit_spec):
             return body()
 
+    # SCMoE's two rows read the same token but route it to different experts, so each MoE layer
+    # runs (and loads the weights of) more experts than with two identical rows; two different
+    # tokens without any edit show that cost without the edit's hooks
     cases = {"batch 1": lambda: run(1), "batch 2, no edit": lambda: run(2),
+             "batch 2, another token in row 1, no edit": lambda: run(2, tokens=[last, other]),
              "batch 2, weak on all rows": lambda: run(2, spec),
              "batch 2, weak on row 1 (SCMoE)": lambda: run(2, on_row(spec, 1))}
     times = {name: [] for name in cases}
@@ -208,11 +215,15 @@ def main() -> None:
                  f" (the no-edit batch-2 floor alone is {ms['floor: batch 2, no edit'] / greedy_ms:.2f}x)")
     lines.append("one decoding forward step (model only, median, ms):")
     for name, value in steps.items():
-        lines.append(f"  {name:32s} {value:7.2f} ms   ratio {value / steps['batch 1']:.2f}x")
+        lines.append(f"  {name:42s} {value:7.2f} ms   ratio {value / steps['batch 1']:.2f}x")
+    apart = steps["batch 2, another token in row 1, no edit"] - steps["batch 2, no edit"]
+    hooks = steps["batch 2, weak on row 1 (SCMoE)"] - steps["batch 2, another token in row 1, no edit"]
+    lines.append(f"  SCMoE step over batch 2 with identical rows: {apart:+.2f} ms from rows on different experts, "
+                 f"{hooks:+.2f} ms from the per-row edit")
     lines.append(f"prompt pass ({len(prompts)} prompts, model only (SCMoE: entering the edit included), median of "
                  "mean ms per prompt):")
     for name, value in prompt_ms.items():
-        lines.append(f"  {name:32s} {value:7.2f} ms   ratio {value / prompt_ms['batch 1']:.2f}x")
+        lines.append(f"  {name:42s} {value:7.2f} ms   ratio {value / prompt_ms['batch 1']:.2f}x")
     lines.append(f"accuracy: exact match on {len(result.outputs) // len(summary)} held-out sums "
                  f"(demo arith_heldout.jsonl), 6 new tokens, stop at newline, alpha=0.1")
     paired = result.compare("greedy").set_index("method")
