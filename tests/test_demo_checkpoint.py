@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from workbench.demo import CHECKPOINT_DIR, checkpoint_available  # noqa: E402
 from workbench.demo.export import MAX_BYTES, check_checkpoint  # noqa: E402
-from workbench.demo.metrics import forward_latency  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not checkpoint_available(), reason="demo checkpoint not built")
 
@@ -54,6 +53,14 @@ def test_gate_seam_returns_logits_weights_indices(model):
     assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[0]), atol=1e-5)
 
 
-def test_forward_of_512_tokens_is_interactive(model):
-    seconds = forward_latency(model, 512, repeats=3)
-    assert seconds < 2.0, f"512-token forward took {seconds:.2f}s"  # ~0.1 s on an idle 2-core CPU
+def test_forward_of_512_tokens_gives_finite_next_token_distributions(model):
+    """A 512-token prompt fits the context and gives finite, normalised predictions at every position
+    (its speed is measured side by side in benchmarks/demo_forward.py, not here)."""
+    assert model.config.max_position_embeddings >= 512
+    ids = torch.randint(3, model.config.vocab_size, (1, 512), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits
+    assert logits.shape == (1, 512, model.config.vocab_size)
+    assert torch.isfinite(logits).all()
+    total = torch.log_softmax(logits.float(), dim=-1).exp().sum(-1)
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-4)
