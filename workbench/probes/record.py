@@ -147,14 +147,20 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
     return trace
 
 
-@torch.no_grad()
-def _run_batch(lm, batch, collector, layers, pad_id, want_scores, meta) -> RoutingTrace:
+def pad_batch(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)``, ``[B, width]`` long, of ``(doc, start, ids)`` units, right-padded."""
     width = max(len(u[2]) for u in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, (_, _, chunk) in enumerate(batch):
         ids[row, :len(chunk)] = torch.tensor(chunk)
         mask[row, :len(chunk)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _run_batch(lm, batch, collector, layers, pad_id, want_scores, meta) -> RoutingTrace:
+    ids, mask = pad_batch(batch, pad_id)
     collector.calls.clear()
     lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
     keep = mask.reshape(-1).bool()

@@ -204,23 +204,19 @@ class Pruner:
     @torch.no_grad()
     def _progressive_cache(self, layer: int, dropped: dict):
         """``layer``'s cache with inputs from the model with earlier layers pruned, targets unchanged."""
-        import importlib
-
         from workbench.probes.edits import Mask, edit
         from workbench.replay.cache import LayerCache
-
-        cap = importlib.import_module("workbench.replay.capture")  # the module (the package exports the function)
+        from workbench.replay.capture import _run_layer, _units, expert_columns, pad_id, shared_part
 
         base = self.caches[layer]
         lm = self.lm
-        units = cap._units(lm, self.texts, int(base.meta["max_length"]), True)
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        units = _units(lm, self.texts, int(base.meta["max_length"]), True)
         with saved_skipping_off(lm), edit(lm, Mask({k: v for k, v in dropped.items() if v})):
-            got = cap._run_layer(lm, layer, units, self.batch_size, pad, None)
+            got = _run_layer(lm, layer, units, self.batch_size, pad_id(lm), None)
         if got["x"].shape[0] != base.num_tokens:
             raise RuntimeError("the progressive pass saw a different number of tokens than the capture")
-        outputs, cand = cap.expert_columns(lm, layer, got["x"], got["logits"], lm.num_experts, self.backend)
-        return LayerCache(layer, got["x"], got["logits"], base.y, cap.shared_part(lm, layer, got["x"]), got["idx"],
+        outputs, cand = expert_columns(lm, layer, got["x"], got["logits"], lm.num_experts, self.backend)
+        return LayerCache(layer, got["x"], got["logits"], base.y, shared_part(lm, layer, got["x"]), got["idx"],
                           got["w"], base.token_ids, base.doc, base.pos, dict(base.meta), expert_out=outputs,
                           candidates=cand, bias=base.bias)
 

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from workbench.kernels.routing import Decision, route, skip
 from workbench.loading import SKIP_CONFIG_KEY as SKIP_KEY
+from workbench.replay.capture import _units, chunk_length, pad_id, padded_batches
 
 
 @contextlib.contextmanager
@@ -56,16 +57,6 @@ def saved_skipping_off(lm):
             lm.probes.push_edit(frame)
 
 
-def _chunks(lm, texts, max_length: int):
-    out = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"text {i} is empty or not a string; give non-empty strings")
-        ids = lm.tokenizer(text)["input_ids"]
-        out.extend(ids[s:s + max_length] for s in range(0, len(ids), max_length))
-    return out
-
-
 @torch.no_grad()
 def router_logits(lm, texts, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True
                   ) -> dict[int, torch.Tensor]:
@@ -74,10 +65,8 @@ def router_logits(lm, texts, *, batch_size: int = 8, max_length: int | None = No
         raise ValueError("this model has no tokenizer; pass one to wb.wrap(model, tokenizer)")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string (wrap it: [text])")
-    limits = [getattr(lm.config, "max_position_embeddings", None), 2048]
-    max_length = max_length or min(v for v in limits if isinstance(v, int) and v > 0)
-    chunks = _chunks(lm, list(texts), max_length)
-    if not chunks:
+    units = _units(lm, list(texts), chunk_length(lm, max_length), True)
+    if not units:
         raise ValueError("no calibration text given")
     got: dict[int, list] = {layer: [] for layer in lm.moe_layers}
     seen: dict[int, torch.Tensor] = {}
@@ -85,16 +74,10 @@ def router_logits(lm, texts, *, batch_size: int = 8, max_length: int | None = No
     def listener(layer, logits, decision):
         seen[layer] = logits.detach()
 
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches = padded_batches(units, batch_size, pad_id(lm))
     lm.probes.add_listener(listener)
     try:
-        for s in tqdm(range(0, len(chunks), batch_size), desc="calibrating", disable=not progress):
-            batch = chunks[s:s + batch_size]
-            width = max(len(c) for c in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, c in enumerate(batch):
-                ids[row, :len(c)], mask[row, :len(c)] = torch.tensor(c), 1
+        for ids, mask in tqdm(batches, total=-(-len(units) // batch_size), desc="calibrating", disable=not progress):
             seen.clear()
             lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
             keep = mask.reshape(-1).bool()
@@ -198,18 +181,18 @@ class SkipCalibration:
         self.check_model(lm)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        from workbench.pruning.slicing import save_pruned
+
         config = lm.model.config
         before = getattr(config, SKIP_KEY, None)
         try:
             self.write_config(config, scale)
-            lm.model.save_pretrained(out, safe_serialization=True)
+            save_pruned(lm, out)
         finally:
             if before is None:
                 delattr(config, SKIP_KEY)
             else:
                 setattr(config, SKIP_KEY, before)
-        if lm.tokenizer is not None:
-            lm.tokenizer.save_pretrained(out)
         self.save(out / "skipping.csv", scale)
         return out
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from workbench.kernels.routing import Decision, route, scores
 from workbench.probes import seams
+from workbench.probes.record import pad_batch
 from workbench.replay.cache import LayerCache, LayerCaches, estimate_bytes, human, layer_file, rule_dict
 
 AUTO_ALL_EXPERTS = 32          # "auto" caches every expert's output up to this many experts
@@ -35,7 +36,14 @@ class _Stop(Exception):
     """Raised after the captured layer's block: later layers need not run."""
 
 
+def chunk_length(lm, max_length: int | None = None) -> int:
+    """``max_length``, or by default the model's context, at most 2048 tokens."""
+    limits = [getattr(lm.config, "max_position_embeddings", None), 2048]
+    return int(max_length or min(v for v in limits if isinstance(v, int) and v > 0))
+
+
 def _units(lm, texts, max_length: int, add_special_tokens: bool):
+    """``(doc, start_pos, ids)`` chunks of at most ``max_length`` tokens, in document order."""
     units = []
     for doc, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
@@ -43,6 +51,16 @@ def _units(lm, texts, max_length: int, add_special_tokens: bool):
         ids = lm.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         units.extend((doc, s, ids[s:s + max_length]) for s in range(0, len(ids), max_length))
     return units
+
+
+def pad_id(lm) -> int:
+    return lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+
+def padded_batches(units, batch_size: int, pad: int):
+    """``(ids, mask)`` ``[B, width]`` long tensors of ``batch_size`` units at a time, right-padded."""
+    for start in range(0, len(units), batch_size):
+        yield pad_batch(units[start:start + batch_size], pad)
 
 
 def _columns(lm, candidates) -> int:
@@ -66,7 +84,7 @@ def _block_io(args, kwargs, output):
 
 
 @torch.no_grad()
-def _run_layer(lm, layer, units, batch_size, pad_id, bar):
+def _run_layer(lm, layer, units, batch_size, pad, bar):
     """Block inputs, outputs, logits and routing of ``layer`` for every unit (padding removed)."""
     got: dict[str, list] = {"x": [], "y": [], "logits": [], "idx": [], "w": []}
     seen = {}
@@ -82,14 +100,7 @@ def _run_layer(lm, layer, units, batch_size, pad_id, bar):
     handle = lm.block(layer).register_forward_hook(block_hook, with_kwargs=True)
     lm.probes.add_listener(listener)
     try:
-        for start in range(0, len(units), batch_size):
-            batch = units[start:start + batch_size]
-            width = max(len(u[2]) for u in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, _, chunk) in enumerate(batch):
-                ids[row, :len(chunk)] = torch.tensor(chunk)
-                mask[row, :len(chunk)] = 1
+        for ids, mask in padded_batches(units, batch_size, pad):
             seen.clear()
             try:
                 lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
@@ -214,8 +225,7 @@ def capture(lm, texts, layers=None, *, candidates="auto", batch_size: int = 8, m
     for layer in layers:
         if layer not in lm.moe_layers:
             raise ValueError(f"layer {layer} is not an MoE layer; MoE layers: {lm.moe_layers}")
-    limits = [getattr(lm.config, "max_position_embeddings", None), 2048]
-    max_length = max_length or min(v for v in limits if isinstance(v, int) and v > 0)
+    max_length = chunk_length(lm, max_length)
     units = _units(lm, texts, max_length, add_special_tokens)
     num_tokens = sum(len(u[2]) for u in units)
     columns = _columns(lm, candidates)
@@ -225,7 +235,7 @@ def capture(lm, texts, layers=None, *, candidates="auto", batch_size: int = 8, m
         where = f"written to {out}, one layer in memory at a time" if out is not None else "kept in memory"
         print(f"layer caches: {len(layers)} layer(s) x {num_tokens} tokens, {columns} expert outputs per token: "
               f"about {human(per_layer)} per layer, {human(per_layer * len(layers))} in all ({where})")
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(lm)
     meta = {"fingerprint": lm.fingerprint, "model": lm.name, "family": lm.adapter.name,
             "num_experts": lm.num_experts, "top_k": lm.top_k, "rule": rule_dict(lm.rule),
             "scale_input": lm.adapter.router_io == "scores_logits", "dtype": str(next(lm.model.parameters()).dtype),
@@ -237,7 +247,7 @@ def capture(lm, texts, layers=None, *, candidates="auto", batch_size: int = 8, m
     bar = tqdm(total=num_tokens * len(layers), desc="capturing", unit="tok", disable=not progress)
     try:
         for layer in layers:
-            got = _run_layer(lm, layer, units, batch_size, pad_id, bar)
+            got = _run_layer(lm, layer, units, batch_size, pad, bar)
             bias = lm.selection_bias(layer)
             Y, cand = (expert_columns(lm, layer, got["x"], got["logits"], columns, backend)
                        if columns else (None, None))
