@@ -19,6 +19,12 @@ RULES = {
     "topk_softmax": RoutingRule("topk_softmax"),
     "topk_sigmoid": RoutingRule("topk_sigmoid"),
     "sparsemixer": RoutingRule("sparsemixer"),
+    "softmax_biased": RoutingRule("softmax", scaling=6.0, biased=True),
+    "softmax_biased_groups": RoutingRule("softmax", renormalize=True, n_group=4, topk_group=2, biased=True),
+    "topk_sigmoid_biased": RoutingRule("topk_sigmoid", renormalize=True, biased=True),
+    "topk_softmax_biased": RoutingRule("topk_softmax", scaling=0.5, biased=True),
+    "sqrtsoftplus": RoutingRule("sqrtsoftplus", renormalize=True, renorm_eps=1e-20, scaling=1.5, biased=True),
+    "probabilities": RoutingRule("probabilities", renormalize=True),
 }
 
 PLANS = {
@@ -38,7 +44,9 @@ PLANS = {
 def _compare(rule, plan, seed, num_tokens=64, num_experts=8):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_tokens, num_experts, generator=g) * 2
-    bias = torch.randn(num_experts, generator=g) * 0.1 if rule.scoring == "sigmoid" else None
+    bias = torch.randn(num_experts, generator=g) * 0.1 if rule.scoring == "sigmoid" or rule.biased else None
+    if rule.scoring == "probabilities":
+        logits = torch.softmax(logits, dim=-1)
     d = apply_plan(logits, rule, plan, bias)
     for t in range(num_tokens):
         expected = ref.plan_token(logits[t].tolist(), rule, plan, None if bias is None else bias.tolist())

@@ -11,9 +11,10 @@ Example:
     True
 """
 
-from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, register, supported_model_types
+from workbench.adapters import (Adapter, UnsupportedModelError, adapter_for, get_adapter, register,
+                                registered_model_types, supported_model_types)
 from workbench.kernels import RoutingRule
-from workbench.loading import MoEModel, load, wrap
+from workbench.loading import MoEModel, describe, load, wrap
 from workbench.probes import Force, KeepRank, Mask, Skip, Spec, TopK, TopP, edit, record
 from workbench.pruning import Pruner, PruningResult, SkipCalibration, calibrate_skipping, prune_model
 from workbench.trace import RoutingTrace, TraceMismatchError
@@ -21,7 +22,7 @@ from workbench.trace import RoutingTrace, TraceMismatchError
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adapter", "Force", "KeepRank", "Mask", "MoEModel", "RoutingRule", "RoutingTrace", "Skip", "Spec",
+    "Adapter", "adapter_for", "describe", "registered_model_types", "Force", "KeepRank", "Mask", "MoEModel", "RoutingRule", "RoutingTrace", "Skip", "Spec",
     "TopK", "TopP", "TraceMismatchError", "UnsupportedModelError", "edit", "get_adapter", "load",
     "record", "register", "supported_model_types", "wrap",
     "Pruner", "PruningResult", "SkipCalibration", "calibrate_skipping", "prune_model",

@@ -9,6 +9,7 @@ Commands:
     embed     routing-weight (MoEE) embeddings of texts into an ``.npy`` matrix.
     prune     drop experts (enumerative, frequency, random) and save a plain-transformers checkpoint.
     skip      calibrate dynamic-skipping thresholds and save them with the checkpoint.
+    families  the coverage matrix: every MoE model type of the installed transformers, checked.
 
 Run ``python -m workbench <command> --help`` for each command's options.
 """
@@ -37,7 +38,20 @@ def _cmd_info(args) -> int:
     import workbench as wb
 
     lm = wb.load(args.model, trust_remote_code=args.trust_remote_code)
-    print(repr(lm))
+    print(lm.describe())
+    return 0
+
+
+def _cmd_families(args) -> int:
+    from workbench.families.coverage import compute_matrix
+    from workbench.families.publish import format_table, summary, write_matrix
+
+    rows = compute_matrix(args.types or None, progress=not args.quiet, pruning=not args.no_pruning)
+    print(format_table(rows))
+    print(summary(rows))
+    if args.write:
+        for path in write_matrix(rows):
+            print(f"written: {path}")
     return 0
 
 
@@ -252,7 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(skp)
     skp.add_argument("--scale", type=float, default=1.0, help="multiply every threshold (clipped to 1)")
     skp.set_defaults(func=_cmd_skip)
+    _add_families(sub)
     return parser
+
+
+def _add_families(sub) -> None:
+    fam = sub.add_parser("families", help="check every MoE model type of the installed transformers (tiny models)")
+    fam.add_argument("--types", nargs="*", default=None, help="only these model types (default: every MoE type)")
+    fam.add_argument("--write", action="store_true",
+                     help="publish the matrix: workbench/families/coverage.csv and docs/supported_models.md")
+    fam.add_argument("--no-pruning", action="store_true", help="skip the pruned-checkpoint check (faster)")
+    fam.add_argument("--quiet", action="store_true", help="no progress bar")
+    fam.set_defaults(func=_cmd_families)
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from workbench.adapters import Adapter, UnsupportedModelError, get_adapter, supported_model_types
+from workbench.adapters import Adapter, UnsupportedModelError, adapter_for, registered_model_types, supported_model_types
+from workbench.adapters.discover import config_mentions_experts, is_hash_router
 
 #: config key of dynamic-skipping thresholds ``{layer: beta}`` saved with a checkpoint (workbench.pruning)
 SKIP_CONFIG_KEY = "workbench_skip_beta"
@@ -29,10 +30,16 @@ class MoEModel:
     Attributes:
         model: the transformers model (eval mode).
         tokenizer: its tokenizer (may be None for :func:`wrap` without one).
-        adapter: the family :class:`~workbench.adapters.Adapter`.
-        num_experts: routed experts per MoE layer, ``E``.
+        adapter: the family :class:`~workbench.adapters.Adapter` (registered, or identified from
+            the module tree and the router itself; see :func:`describe`).
+        num_experts: experts per MoE layer that the router scores, ``E`` (ids ``0..E-1``).
+        num_routed_experts: of those, experts that compute; ids from here to ``E - 1`` are
+            zero/null experts (LongCat-Flash), recorded with their own ids.
         top_k: experts per token, ``k``.
-        moe_layers: decoder-layer indices of the MoE blocks.
+        moe_layers: layer indices of the MoE blocks (encoder layers first, then decoder layers,
+            for encoder-decoder models; ``layer_names`` says which).
+        layer_names: ``{layer: name}`` (``"3"``, or ``"encoder.3"`` / ``"decoder.0"``).
+        hash_layers: MoE layers whose router picks experts by token id: recorded, never edited.
         rule: the family's :class:`~workbench.kernels.RoutingRule`.
         fingerprint: a short hash of the config and router weights; traces carry it.
         source: where the model came from (path, hub id, ``"demo"`` or ``"memory"``).
@@ -40,7 +47,7 @@ class MoEModel:
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, source: str = "memory"):
         config = model.config
-        self.adapter: Adapter = get_adapter(config)
+        self.adapter: Adapter = adapter_for(model)
         self.model = model
         self.tokenizer = tokenizer
         self.source = source
@@ -49,6 +56,16 @@ class MoEModel:
         self.top_k = int(self.adapter.top_k(self.config))
         self.rule = self.adapter.rule(self.config)
         self.moe_layers = self.adapter.moe_layers(model)
+        names = self.adapter.layer_names(model)
+        self.layer_names = {layer: names[layer] for layer in self.moe_layers}
+        self.hash_layers = [layer for layer in self.moe_layers if is_hash_router(self.router(layer))]
+        self.num_routed_experts = self.num_experts
+        try:
+            from workbench.adapters.discover import expert_count
+
+            self.num_routed_experts = min(self.num_experts, expert_count(self.experts(self.moe_layers[0])))
+        except (ValueError, IndexError):
+            pass
         if not self.moe_layers:
             raise UnsupportedModelError(
                 f"{type(model).__name__} ({config.model_type}) has no MoE layers: every decoder layer "
@@ -101,6 +118,36 @@ class MoEModel:
     def __repr__(self) -> str:
         return (f"MoEModel({self.adapter.describe(self.config)}; moe_layers={self.moe_layers}, "
                 f"fingerprint={self.fingerprint})")
+
+    def describe(self) -> str:
+        """How the workbench knows this model: the adapter's origin, the rule and how it was found.
+
+        Example:
+            >>> import workbench as wb
+            >>> from workbench.testing import tiny_model
+            >>> print(wb.wrap(*tiny_model("mixtral")).describe())  # doctest: +ELLIPSIS
+            mixtral: E=8, k=2, rule: softmax -> top-k -> renormalise
+              adapter: identified from the module tree (model.layers[i].mlp: gate -> experts)
+              identified on the router: softmax -> top-k -> renormalise, exact on ... tokens (... rules tried)
+              MoE layers: 2 of 2
+        """
+        a = self.adapter
+        stacks = ", ".join(f"{path}[i].{attr}" for path, attr in a.stacks)
+        lines = [a.describe(self.config),
+                 f"  adapter: {'identified from the module tree' if a.origin == 'identified' else 'registered family file'}"
+                 f" ({stacks}: {a.router_attr} -> {a.experts_attr})"]
+        lines += [f"  {note}" for note in a.notes.split("; ") if note]
+        lines.append(f"  MoE layers: {len(self.moe_layers)} of {len(a.decoder_layers(self.model))}")
+        if self.hash_layers:
+            lines.append(f"  hash-routed layers (by token id; edits refused): {self.hash_layers}")
+        if self.num_routed_experts < self.num_experts:
+            lines.append(f"  null experts (no compute): ids {self.num_routed_experts}..{self.num_experts - 1}")
+        return "\n".join(lines)
+
+
+def describe(lm: MoEModel) -> str:
+    """How the workbench knows a wrapped model (see :meth:`MoEModel.describe`)."""
+    return lm.describe()
 
 
 def compute_fingerprint(model: torch.nn.Module, adapter: Adapter, moe_layers: list[int]) -> str:
@@ -195,12 +242,10 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
                     f"{path} has no .safetensors weights; the workbench loads safetensors only "
                     "(convert .bin weights with transformers' save_pretrained(safe_serialization=True)).")
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    try:
-        get_adapter(config)
-    except UnsupportedModelError:
+    if config.model_type not in registered_model_types() and not config_mentions_experts(config):
         raise UnsupportedModelError(
-            f"{label} is a {config.model_type!r} model, which the workbench does not know as an MoE. "
-            f"Supported model types: {', '.join(supported_model_types())}.") from None
+            f"{label} is a {config.model_type!r} model whose config declares no routed experts, so it is not "
+            f"an MoE. Supported model types: {', '.join(supported_model_types())}.")
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device_map is not None:

@@ -10,8 +10,10 @@ Router return conventions (``router_io``):
   (most families in transformers 5).
 * ``"scores_logits"`` — ``router(x) -> (dense_scores [T, E], logits)``; unselected experts score 0
   (Llama-4).
-* ``"logits_only"`` — ``router(x) -> logits``; the block picks the top-k itself and calls
-  ``experts(x, top_k_index, top_k_weights)``; edits and recording use the experts call (DBRX).
+* ``"experts_call"`` — ``router(x) -> logits`` (or a tuple whose first item is the logits); the
+  routing is read and replaced where the block calls ``experts(x, top_k_index, top_k_weights)``, so
+  the trace holds exactly what the experts received (DBRX, whose block picks the top-k itself, and
+  every adapter identified by :mod:`workbench.adapters.identify`).
 * ``"jetmoe"`` — ``router(x) -> (sorted_positions, token_index, gates, expert_sizes, logits)``.
 """
 
@@ -24,7 +26,7 @@ import torch
 
 from workbench.kernels.rules import RoutingRule
 
-ROUTER_IO = ("logits_weights_indices", "scores_logits", "logits_only", "jetmoe")
+ROUTER_IO = ("logits_weights_indices", "scores_logits", "experts_call", "jetmoe")
 
 
 @dataclass(frozen=True)
@@ -37,16 +39,20 @@ class Adapter:
         rule: ``config -> RoutingRule``.
         num_experts: ``config -> E`` (routed experts).
         top_k: ``config -> k``.
-        layers_path: dotted path from the CausalLM to the decoder layers.
-        block_attr: attribute of a decoder layer that holds its MoE block.
+        layers_path: dotted path from the CausalLM to the decoder layers; a tuple of paths for
+            models with several stacks (an encoder and a decoder), numbered one after the other.
+        block_attr: attribute of a decoder layer that holds its MoE block (one per stack).
         router_attr: attribute of the block that is the router (dotted allowed).
         experts_attr: attribute of the block that holds the experts.
         router_io: what the router returns, one of :data:`ROUTER_IO`.
         router_output: what the router's logits are: raw ``"logits"`` for every family so far.
-        selection_bias_attr: router attribute holding a per-expert selection bias, if any.
+        selection_bias_attr: block-relative path of a per-expert selection bias, if any
+            (``"gate.e_score_correction_bias"``).
         shared_expert_attrs: block attributes of shared (always-on) experts.
         text_config: ``config -> config`` for composite configs (Llama-4).
         notes: a sentence on anything a user should know.
+        origin: ``"registered"`` (a family file) or ``"identified"`` (discovered from the module
+            tree, the rule identified on the router itself; see :mod:`workbench.adapters.identify`).
     """
 
     name: str
@@ -54,8 +60,8 @@ class Adapter:
     rule: Callable[[object], RoutingRule]
     num_experts: Callable[[object], int]
     top_k: Callable[[object], int]
-    layers_path: str = "model.layers"
-    block_attr: str = "mlp"
+    layers_path: str | tuple[str, ...] = "model.layers"
+    block_attr: str | tuple[str, ...] = "mlp"
     router_attr: str = "gate"
     experts_attr: str = "experts"
     router_io: str = "logits_weights_indices"
@@ -64,18 +70,36 @@ class Adapter:
     shared_expert_attrs: tuple[str, ...] = ()
     text_config: Callable[[object], object] = field(default=lambda config: config)
     notes: str = ""
+    origin: str = "registered"
 
     def __post_init__(self) -> None:
         if self.router_io not in ROUTER_IO:
             raise ValueError(f"router_io must be one of {ROUTER_IO}, got {self.router_io!r}")
 
     # -- locating modules -------------------------------------------------------------------
+    @property
+    def stacks(self) -> tuple[tuple[str, str], ...]:
+        """``(layers path, block attribute)`` of each layer stack, in order."""
+        paths = (self.layers_path,) if isinstance(self.layers_path, str) else tuple(self.layers_path)
+        attrs = (self.block_attr,) * len(paths) if isinstance(self.block_attr, str) else tuple(self.block_attr)
+        return tuple(zip(paths, attrs))
+
     def decoder_layers(self, model: torch.nn.Module):
-        """The model's decoder layers (a ModuleList)."""
-        return _get(model, self.layers_path)
+        """The model's layers (a ModuleList; the stacks one after the other for several stacks)."""
+        if isinstance(self.layers_path, str):
+            return _get(model, self.layers_path)
+        return [layer for path, _ in self.stacks for layer in _get(model, path)]
+
+    def layer_names(self, model: torch.nn.Module) -> list[str]:
+        """A name per layer: ``"3"``, or ``"encoder.3"`` / ``"decoder.0"`` for several stacks."""
+        if isinstance(self.layers_path, str):
+            return [str(i) for i in range(len(self.decoder_layers(model)))]
+        return [f"{path.split('.')[0]}.{i}" for path, _ in self.stacks for i in range(len(_get(model, path)))]
 
     def block(self, layer: torch.nn.Module) -> torch.nn.Module | None:
-        return _get(layer, self.block_attr, default=None)
+        found = [_get(layer, attr, default=None) for attr in dict.fromkeys(a for _, a in self.stacks)]
+        found = [b for b in found if b is not None]
+        return next((b for b in found if self.is_moe_block(b)), found[0] if found else None)
 
     def is_moe_block(self, block: torch.nn.Module | None) -> bool:
         return block is not None and _get(block, self.router_attr, default=None) is not None
@@ -93,7 +117,8 @@ class Adapter:
     def selection_bias(self, block: torch.nn.Module) -> torch.Tensor | None:
         if self.selection_bias_attr is None:
             return None
-        return _get(self.router(block), self.selection_bias_attr, default=None)
+        bias = _get(block, self.selection_bias_attr, default=None)
+        return bias.reshape(-1) if isinstance(bias, torch.Tensor) else None
 
     def shared_experts(self, block: torch.nn.Module) -> list[torch.nn.Module]:
         return [m for m in (_get(block, a, default=None) for a in self.shared_expert_attrs) if m is not None]
@@ -146,9 +171,18 @@ def unregister(model_type: str) -> None:
     _REGISTRY.pop(model_type, None)
 
 
-def supported_model_types() -> list[str]:
-    """Every ``config.model_type`` the workbench knows, sorted."""
+def registered_model_types() -> list[str]:
+    """The ``config.model_type`` values served by an adapter file, sorted."""
     return sorted(_REGISTRY)
+
+
+def supported_model_types() -> list[str]:
+    """Every ``config.model_type`` the workbench records and edits exactly, sorted: the registered
+    ones and those the coverage matrix (``python -m workbench families``) verified on the
+    installed transformers' own configs."""
+    from workbench.families.matrix import verified_model_types
+
+    return sorted(set(_REGISTRY) | set(verified_model_types()))
 
 
 class UnsupportedModelError(ValueError):
@@ -156,16 +190,40 @@ class UnsupportedModelError(ValueError):
 
 
 def get_adapter(model_type_or_config) -> Adapter:
-    """The adapter for a ``config.model_type`` (or a config object).
+    """The registered adapter (a family file) for a ``config.model_type`` (or a config object).
+
+    Models without one are served by :func:`adapter_for`, which identifies them.
 
     Raises:
-        UnsupportedModelError: for an unknown family, listing the supported ones.
+        UnsupportedModelError: for a type without an adapter file, listing the supported ones.
     """
     model_type = getattr(model_type_or_config, "model_type", model_type_or_config)
     if model_type in _REGISTRY:
         return _REGISTRY[model_type]
     raise UnsupportedModelError(
-        f"no MoE adapter for model_type {model_type!r}. Supported model types: "
-        f"{', '.join(supported_model_types())}. If the model is an MoE whose routing follows one of "
-        "these rules, register an Adapter for it (see workbench.adapters.register)."
+        f"no adapter file for model_type {model_type!r}; wrap the model itself (wb.wrap / wb.load) to have "
+        f"its routing identified. Supported model types: {', '.join(supported_model_types())}. A family "
+        "that discovery cannot read can register an Adapter (see workbench.adapters.register)."
     )
+
+
+def adapter_for(model: torch.nn.Module) -> Adapter:
+    """The adapter of a loaded model: its family file when one is registered, else the adapter
+    identified from its module tree and its own router (:func:`workbench.adapters.identify.identify`).
+
+    Raises:
+        UnsupportedModelError: for a dense model, or an MoE whose blocks or routing rule cannot be
+            identified; the message says what was tried and lists the supported types.
+    """
+    from workbench.adapters.discover import DiscoveryError
+    from workbench.adapters.identify import identify
+
+    model_type = model.config.model_type
+    if model_type in _REGISTRY:
+        return _REGISTRY[model_type]
+    try:
+        return identify(model)
+    except DiscoveryError as err:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} ({model_type}) is not an MoE the workbench can route: {err}. "
+            f"Supported model types: {', '.join(supported_model_types())}.") from None

@@ -23,5 +23,5 @@ DBRX = register(Adapter(
     layers_path="transformer.blocks",
     block_attr="ffn",
     router_attr="router",
-    router_io="logits_only",
+    router_io="experts_call",
 ))

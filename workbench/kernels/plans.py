@@ -154,9 +154,10 @@ def skip_rows(d: Decision, beta: torch.Tensor) -> Decision:
 def selection_local(rule: RoutingRule) -> bool:
     """Whether the rule's weights depend only on the selected experts (so blocking an expert that a
     token does not use leaves that token's routing unchanged): no expert groups, and sigmoid,
-    top-k-then-normalise, or softmax followed by renormalisation."""
-    return rule.n_group == 1 and (rule.scoring in ("sigmoid", "topk_softmax", "topk_sigmoid")
-                                  or (rule.scoring == "softmax" and rule.renormalize))
+    top-k-then-normalise, or softmax followed by renormalisation without a selection bias (blocking
+    rescales every probability, which a bias added to them would reorder)."""
+    return rule.n_group == 1 and (rule.scoring in ("sigmoid", "sqrtsoftplus", "topk_softmax", "topk_sigmoid")
+                                  or (rule.scoring == "softmax" and rule.renormalize and not rule.biased))
 
 
 def _blocked_only(plans) -> bool:

@@ -33,7 +33,7 @@ def _ranked(choice: list[float]) -> list[int]:
     return sorted(range(len(choice)), key=lambda e: (-choice[e], e))
 
 
-def _group_limit(choice: list[float], rule: RoutingRule) -> list[float]:
+def _group_limit(choice: list[float], rule: RoutingRule, biased: bool = False) -> list[float]:
     size = len(choice) // rule.n_group
     groups = [choice[g * size:(g + 1) * size] for g in range(rule.n_group)]
     if rule.group_score == "max":
@@ -41,7 +41,7 @@ def _group_limit(choice: list[float], rule: RoutingRule) -> list[float]:
     else:
         gs = [sum(sorted(g, reverse=True)[:2]) for g in groups]
     best = set(_ranked(gs)[: rule.topk_group])
-    fill = 0.0 if rule.scoring == "softmax" else -math.inf
+    fill = 0.0 if rule.scoring == "softmax" and not biased else -math.inf
     return [c if e // size in best else fill for e, c in enumerate(choice)], best
 
 
@@ -50,14 +50,14 @@ def token_scores(logits, rule: RoutingRule, bias=None, blocked=frozenset()):
     z = [float(x) if e not in blocked else -math.inf for e, x in enumerate(logits)]
     if rule.scoring == "softmax":
         value = _softmax(z)
-        choice = [v if e not in blocked else -math.inf for e, v in enumerate(value)]
     elif rule.scoring == "sigmoid":
         value = [_sigmoid(float(x)) for x in logits]
-        b = [0.0] * len(z) if bias is None else [float(x) for x in bias]
-        choice = [value[e] + b[e] if e not in blocked else -math.inf for e in range(len(z))]
+    elif rule.scoring == "sqrtsoftplus":
+        value = [math.sqrt(x if x > 30 else math.log1p(math.exp(x))) for x in map(float, logits)]
     else:
         value = [float(x) for x in logits]
-        choice = z
+    b = [0.0] * len(z) if bias is None else [float(x) for x in bias]
+    choice = [value[e] + b[e] if e not in blocked else -math.inf for e in range(len(z))]
     return choice, value
 
 
@@ -86,7 +86,7 @@ def route_token(logits, rule: RoutingRule, k: int, bias=None, blocked=frozenset(
     size = len(choice) // rule.n_group
     best = set(range(rule.n_group))
     if rule.n_group > 1:
-        choice, best = _group_limit(choice, rule)
+        choice, best = _group_limit(choice, rule, bias is not None)
     chosen = _ranked(choice)[:k]
     valid = [choice[e] != -math.inf and e not in blocked and e // size in best for e in chosen]
     if rule.scoring == "topk_softmax":
@@ -135,9 +135,10 @@ def plan_token(logits, rule: RoutingRule, plan: RoutingPlan, bias=None, position
         slots = route_token(logits, rule, plan.k, bias, blocked)
     elif plan.mode == "top_p":
         z = [float(x) if e not in blocked else -math.inf for e, x in enumerate(logits)]
-        if rule.scoring == "sigmoid":
-            s = [_sigmoid(x) for x in z]
-            probs = [x / sum(s) for x in s]
+        if rule.scoring in ("sigmoid", "sqrtsoftplus", "probabilities"):
+            s = [token_scores([x], rule)[1][0] if x != -math.inf else 0.0 for x in z]
+            s = [max(x, 0.0) for x in s]
+            probs = [x / max(sum(s), 1e-30) for x in s]
         else:
             probs = _softmax(z)
         slots, mass = [], 0.0

@@ -121,17 +121,16 @@ def scores(logits: torch.Tensor, rule: RoutingRule, bias: torch.Tensor | None = 
     z = logits.float()
     if rule.scoring == "softmax":
         masked = z if allowed is None else z.masked_fill(~allowed, NEG_INF)
-        value = torch.softmax(masked, dim=-1)
-        value = torch.nan_to_num(value, nan=0.0)
-        choice = value if allowed is None else value.masked_fill(~allowed, NEG_INF)
+        value = torch.nan_to_num(torch.softmax(masked, dim=-1), nan=0.0)
     elif rule.scoring == "sigmoid":
         value = z.sigmoid()
-        choice = value if bias is None else value + bias.float()
-        if allowed is not None:
-            choice = choice.masked_fill(~allowed, NEG_INF)
-    else:
+    elif rule.scoring == "sqrtsoftplus":
+        value = torch.nn.functional.softplus(z).sqrt()
+    else:  # the top-k-then-normalise rules and "probabilities" choose on the router output itself
         value = z
-        choice = z if allowed is None else z.masked_fill(~allowed, NEG_INF)
+    choice = value if bias is None else value + bias.float()
+    if allowed is not None:
+        choice = choice.masked_fill(~allowed, NEG_INF)
     return choice, value
 
 
@@ -193,8 +192,8 @@ def route(logits: torch.Tensor, rule: RoutingRule, k: int, bias: torch.Tensor | 
     choice, value = scores(logits, rule, bias, allowed)
     in_group = None
     if rule.n_group > 1:
-        choice, in_group = _group_mask(choice, rule, 0.0 if rule.scoring == "softmax" else NEG_INF)
-    unsorted = rule.n_group > 1 or rule.scoring == "sigmoid"
+        choice, in_group = _group_mask(choice, rule, 0.0 if rule.scoring == "softmax" and bias is None else NEG_INF)
+    unsorted = rule.n_group > 1 or bias is not None or rule.scoring in ("sigmoid", "sqrtsoftplus")
     top_choice, idx = torch.topk(choice, k=k, dim=-1, sorted=not unsorted)
     valid = top_choice > NEG_INF
     if allowed is not None:
@@ -223,8 +222,9 @@ def probabilities(logits: torch.Tensor, rule: RoutingRule, allowed=None) -> torc
     z = logits.float()
     if allowed is not None:
         z = z.masked_fill(~allowed, NEG_INF)
-    if rule.scoring == "sigmoid":
-        s = z.sigmoid()
+    if rule.scoring in ("sigmoid", "sqrtsoftplus", "probabilities"):
+        s = z.sigmoid() if rule.scoring == "sigmoid" else (
+            torch.nn.functional.softplus(z).sqrt() if rule.scoring == "sqrtsoftplus" else z.clamp_min(0))
         return s / s.sum(dim=-1, keepdim=True).clamp_min(1e-30)
     return torch.nan_to_num(torch.softmax(z, dim=-1), nan=0.0)
 

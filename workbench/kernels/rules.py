@@ -17,13 +17,21 @@ Scoring kinds:
 * ``"topk_sigmoid"`` — top-k of the raw logits, weight = sigmoid(logit) (Llama-4).
 * ``"sparsemixer"`` — PhiMoE's inference-time sparsemixer: the best expert, then the best of the
   rest, each weighted by a softmax over the experts within a relative threshold of the current best.
+* ``"sqrtsoftplus"`` — like ``"sigmoid"`` with ``sqrt(softplus(z))`` as the per-expert score
+  (DeepSeek-V4's ``scoring_func``).
+* ``"probabilities"`` — the router already returns probabilities; keep the top-k of them (Gemma-4).
+
+A *selection bias* (``biased=True``; the per-expert tensor is read from the model) is added to the
+choice score of any scoring but never to the weight: to sigmoid scores (DeepSeek-V3), to softmax
+probabilities (LongCat-Flash, Ernie-4.5), or to raw logits (top-k-then-normalise rules).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SCORINGS = ("softmax", "sigmoid", "topk_softmax", "topk_sigmoid", "sparsemixer")
+# new kinds go at the end: the Triton routing kernel indexes the first five
+SCORINGS = ("softmax", "sigmoid", "topk_softmax", "topk_sigmoid", "sparsemixer", "sqrtsoftplus", "probabilities")
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class RoutingRule:
         group_score: ``"max"`` (DeepSeek-V2) or ``"top2sum"`` (DeepSeek-V3, GLM-4-MoE).
         jitter_eps: PhiMoE's sparsemixer threshold.
         weights_in_logits_dtype: the router casts its weights back to the logits' dtype.
+        biased: the family adds a per-expert selection bias to the choice score (not the weight).
 
     Example:
         >>> from workbench.kernels.rules import RoutingRule
@@ -58,6 +67,7 @@ class RoutingRule:
     group_score: str = "max"
     jitter_eps: float = 0.01
     weights_in_logits_dtype: bool = False
+    biased: bool = False
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -77,11 +87,17 @@ class RoutingRule:
             "topk_softmax": ["top-k of logits", "softmax over kept"],
             "topk_sigmoid": ["top-k of logits", "sigmoid"],
             "sparsemixer": ["sparsemixer"],
+            "sqrtsoftplus": ["sqrt(softplus)", "top-k"],
+            "probabilities": ["router probabilities", "top-k"],
         }[self.scoring]
+        if self.biased and self.scoring not in ("sigmoid", "sparsemixer"):
+            parts[0] += " (+ selection bias for choice)"
         if self.n_group > 1:
             parts.insert(1, f"groups {self.topk_group}/{self.n_group} by {self.group_score}")
         if self.renormalize:
             parts.append("renormalise" if self.renorm_p == 1 else f"renormalise (p={self.renorm_p:g})")
+            if self.renorm_eps:
+                parts[-1] += f" (+{self.renorm_eps:g})"
         if self.scaling != 1.0:
             parts.append(f"x{self.scaling:g}")
         return " -> ".join(parts)

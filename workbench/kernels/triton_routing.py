@@ -192,6 +192,10 @@ def _kernel():
     return _route
 
 
+#: the scorings the kernel implements (selection bias on sigmoid only); other rules route with torch
+KERNEL_SCORINGS = SCORINGS[:5]
+
+
 def _pow2(n: int) -> int:
     return 1 << max(1, math.ceil(math.log2(max(n, 2))))
 
@@ -240,6 +244,8 @@ def route_plans_triton(logits: torch.Tensor, rule: RoutingRule, plans, bias: tor
                        ) -> PlanDecisions:
     """Triton path of :func:`~workbench.kernels.plans.route_plans`."""
     plans = check_plans(plans, logits.shape[1])
+    if rule.scoring not in KERNEL_SCORINGS or (bias is not None and rule.scoring != "sigmoid"):
+        return route_plans_torch(logits, rule, plans, bias)
     parts: dict[int, Decision] = {}
     rest = [i for i, p in enumerate(plans) if not triton_supports(p)]
     if rest:

@@ -245,6 +245,13 @@ class edit:
             if not isinstance(spec, Spec):
                 raise TypeError(f"{spec!r} is not an edit spec (Mask, Force, KeepRank, TopK, TopP, Skip)")
             spec.validate(lm)
+            named = [layer for layer in spec.layers or () if layer in lm.hash_layers]
+            if named:
+                raise ValueError(
+                    f"{type(spec).__name__}: layer(s) {named} route by token id (hash routing: the expert is a "
+                    "fixed function of the token, not of router scores), so there is no routing rule to edit. "
+                    f"Name other layers; specs without layers= apply to the learned layers only: "
+                    f"{[x for x in lm.moe_layers if x not in lm.hash_layers]}")
         self.lm = lm
         self.specs = tuple(specs)
         for layer in lm.moe_layers:  # surface conflicting specs now, not in the middle of a forward

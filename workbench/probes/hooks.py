@@ -93,7 +93,7 @@ class ProbeManager:
             self._handles.append(block.register_forward_pre_hook(self._shape_hook(layer), with_kwargs=True))
             router = adapter.router(block)
             self._handles.append(router.register_forward_hook(self._router_hook(layer), prepend=True))
-            if adapter.router_io == "logits_only":
+            if adapter.router_io == "experts_call":
                 experts = adapter.experts(block)
                 self._handles.append(
                     experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True, prepend=True))
@@ -124,7 +124,7 @@ class ProbeManager:
 
         def hook(module, args, out):
             logits, idx, w = seams.unpack(io, out, self.lm.num_experts, self.lm.top_k)
-            if io == "logits_only":
+            if io == "experts_call":
                 self._pending_logits[layer] = logits
                 return None
             decision, changed = self._decide_native(layer, logits, idx, w)
@@ -154,6 +154,8 @@ class ProbeManager:
 
     # -- deciding ------------------------------------------------------------------------
     def active_specs(self, layer: int) -> list:
+        if layer in self.lm.hash_layers:  # routed by token id: edits never apply (see edits.edit)
+            return []
         return [s for frame in self.edit_frames for s in frame.specs if s.applies_to(layer)]
 
     def plan_for(self, specs, layer: int) -> RoutingPlan:

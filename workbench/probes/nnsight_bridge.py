@@ -248,7 +248,7 @@ def _visit(nn_model, lm, decider: ProbeManager, layers, scores: bool) -> dict[in
         router = _envoy(nn_model, lm.router(layer))
         out = router.output
         logits, idx, w = seams.unpack(io, out, num_experts, lm.top_k)
-        if io == "logits_only":  # DBRX: the block picks the top-k; edit the experts call
+        if io == "experts_call":  # DBRX: the block picks the top-k; edit the experts call
             experts = _envoy(nn_model, lm.experts(layer))
             args, kwargs = experts.inputs
             x, idx, w = _experts_args(args, kwargs)
@@ -260,7 +260,7 @@ def _visit(nn_model, lm, decider: ProbeManager, layers, scores: bool) -> dict[in
                 "or call from an empty tracer.invoke(), which sees the whole batch.")
         decider._shapes[layer] = shape
         decision, changed = decider.decide(layer, logits, seams.native_decision(idx, w))
-        if changed and io == "logits_only":
+        if changed and io == "experts_call":
             experts.inputs = ((x, decision.idx, decision.w.to(w.dtype)), {})
         elif changed:
             router.output = seams.pack(io, out, decision, num_experts)

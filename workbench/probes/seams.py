@@ -21,8 +21,9 @@ def unpack(router_io: str, out, num_experts: int, top_k: int):
         dense, logits = out[0], out[1]
         idx = torch.topk(logits, k=top_k, dim=-1)[1]
         return logits, idx, dense.gather(1, idx)
-    if router_io == "logits_only":
-        return out, None, None
+    if router_io == "experts_call":
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        return logits.reshape(-1, logits.shape[-1]), None, None
     if router_io == "jetmoe":
         sorted_pos, _, gates, sizes, logits = out
         k = sorted_pos.numel() // logits.shape[0]

@@ -1,0 +1,106 @@
+"""Discovery, rule identification and the computed coverage matrix over transformers' own registry."""
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.adapters.identify import IdentificationError, identify
+from workbench.families.build import build_tiny, candidate_model_types, dummy_inputs
+from workbench.families.coverage import compute_matrix
+from workbench.families.matrix import load_matrix
+from workbench.families.publish import moe_rows, summary
+from workbench.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def matrix():
+    """The matrix of every MoE type the installed transformers registers (computed, not listed)."""
+    return compute_matrix(candidate_model_types(), progress=False)
+
+
+def test_matrix_covers_the_registry_and_matches_what_is_published(matrix):
+    published = {r["model_type"]: r for r in load_matrix()}
+    assert published, "workbench/families/coverage.csv is missing: run python -m workbench families --write"
+    moe = moe_rows(matrix)
+    exact = [r["model_type"] for r in moe if r["status"] == "exact"]
+    assert len(exact) >= 70, summary(matrix)
+    for row in moe:
+        # a type that is not exact must be a known, published refusal with its reason; a type new in
+        # this transformers, or one that regressed, fails here until it works (or is re-published)
+        if row["status"] != "exact":
+            assert row["model_type"] in published, f"new MoE type not exact: {row}"
+            assert published[row["model_type"]]["status"] == row["status"], row
+        else:
+            assert row["recorded"] == "exact" and row["edits"] == "exact"
+        assert row["model_type"] in published, f"{row['model_type']} is not in the published matrix"
+    for row in moe:
+        if row["status"] in ("refused", "recorded only", "not built"):
+            assert (row["reason"] or row["edits"]), f"{row['model_type']} is refused without a reason"
+
+
+def test_supported_types_are_the_verified_ones(matrix):
+    verified = {r["model_type"] for r in moe_rows(matrix) if r["status"] == "exact"}
+    assert verified <= set(wb.supported_model_types())
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("mixtral", "softmax -> top-k -> renormalise"),
+    ("olmoe", "softmax -> top-k"),
+    ("deepseek_v2", "softmax -> groups 2/4 by max -> top-k -> x1.5"),
+    ("deepseek_v3", "sigmoid (+ selection bias for choice) -> groups 2/4 by top2sum -> top-k -> renormalise -> x2.5"),
+    ("gpt_oss", "top-k of logits -> softmax over kept"),
+    ("phimoe", "sparsemixer"),
+])
+def test_identification_finds_the_family_rule(family, expected):
+    model, _ = tiny_model(family)
+    adapter = identify(model, use_cache=False)
+    assert adapter.origin == "identified"
+    assert adapter.rule(model.config).describe() == expected
+
+
+def test_identification_restores_every_tensor_it_perturbs():
+    model, _ = tiny_model("deepseek_v3")
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    identify(model, use_cache=False)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+
+
+def test_a_router_outside_the_grammar_is_refused_saying_what_was_tried():
+    model, _ = tiny_model("qwen3_moe")
+    for layer in model.model.layers:
+        router = layer.mlp.gate
+        native = router.forward
+
+        def squared(hidden_states, native=native):  # weights = p^2 of the kept experts: no rule of ours
+            logits, w, idx = native(hidden_states)
+            return logits, w * w, idx
+        router.forward = squared
+    with pytest.raises(IdentificationError, match="tried .* rules"):
+        identify(model, use_cache=False)
+
+
+def test_describe_says_how_the_adapter_was_found():
+    lm = wb.wrap(*tiny_model("mixtral"))
+    text = wb.describe(lm)
+    assert "identified from the module tree" in text and "exact on" in text
+    assert "registered family file" in wb.describe(wb.wrap(*tiny_model("dbrx")))
+
+
+def test_identification_is_cached_per_model_type_and_config():
+    a, b = tiny_model("olmoe", seed=0)[0], tiny_model("olmoe", seed=1)[0]
+    assert identify(a) is identify(b)  # same type and config: identified once
+
+
+def test_hash_routed_layers_are_recorded_but_not_edited():
+    model = build_tiny("deepseek_v4")
+    lm = wb.wrap(model)
+    assert lm.hash_layers and set(lm.hash_layers) < set(lm.moe_layers)
+    with pytest.raises(ValueError, match="route by token id"):
+        wb.edit(lm, wb.Mask({lm.hash_layers[0]: [0]}))
+    learned = [x for x in lm.moe_layers if x not in lm.hash_layers]
+    inputs = dummy_inputs(model)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with wb.edit(lm, wb.TopK(1)):  # all layers: the learned ones change, hash layers keep their ids
+            edited = model(**inputs).logits
+    assert learned and not torch.equal(plain, edited)
