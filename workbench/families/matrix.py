@@ -5,9 +5,9 @@
 describes the installed transformers.
 
 Example:
-    >>> from workbench.families.matrix import verified_model_types
-    >>> "qwen3_moe" in verified_model_types()
-    True
+    >>> from workbench.families.matrix import FIELDS, verified_model_types
+    >>> isinstance(verified_model_types(), list), FIELDS[:3]
+    (True, ('model_type', 'model_class', 'status'))
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ def _mrope(*sections: int):
     """A fix adding the multimodal RoPE sections the modeling code assumes when the config has none."""
 
     def fix(kwargs: dict, default) -> None:
-        kwargs["rope_parameters"] = {"mrope_section": list(sections), **default.rope_parameters    "vitpose_backbone": {"num_experts": 2},  # ViTPose+: one expert MLP per dataset, picked by dataset index
-}
+        kwargs["rope_parameters"] = {"mrope_section": list(sections), **default.rope_parameters}
 
     return fix
 
@@ -33,6 +32,7 @@ def _qwen3_omni_moe(kwargs: dict, default) -> None:
 
 
 OVERRIDES: dict[str, object] = {
+    "vitpose_backbone": {"num_experts": 2},  # ViTPose+: one expert MLP per dataset, picked by dataset index
     "dbrx": _dbrx,
     "doge": {"is_moe": True, "num_experts": 16},  # dense by default; product-key experts: a square count
     "dots3_note_vision_encoder": {"pyramid_num_routed": [-1, 8]},  # experts from layer 25 on by default
