@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -111,8 +112,8 @@ def model_class_for(model_type: str) -> type:
             return getattr(transformers, name)
     module = importlib.import_module(config_class.__module__.replace(".configuration_", ".modeling_"))
     classes = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-               if issubclass(cls, transformers.PreTrainedModel) and cls.__dict__.get("config_class",
-                                                                                       cls.config_class) is config_class]
+               if issubclass(cls, transformers.PreTrainedModel) and cls.config_class is config_class
+               and not cls.__name__.endswith("PreTrainedModel")]
     for suffix in ("ForCausalLM", "ForConditionalGeneration", "Model", ""):
         hits = [cls for cls in classes if cls.__name__.endswith(suffix)]
         if hits:
@@ -120,12 +121,30 @@ def model_class_for(model_type: str) -> type:
     raise LookupError(f"no model class of {model_type!r} found in the auto mappings nor in {module.__name__}")
 
 
+def _router_children(module: torch.nn.Module) -> list[torch.nn.Module]:
+    return [child for name, child in module.named_children()
+            if name in ROUTER_NAMES or "router" in name or type(child).__name__.endswith("Router")]
+
+
+def _is_moe_block(module: torch.nn.Module) -> bool:
+    if "experts" in dict(module.named_children()):
+        return True
+    return type(module).__name__.endswith(MOE_BLOCK_SUFFIXES) and bool(_router_children(module))
+
+
+def _router_weight(router: torch.nn.Module) -> torch.nn.Parameter | None:
+    """The weight that makes the router logits: its own, else that of its last linear layer."""
+    if isinstance(getattr(router, "weight", None), torch.nn.Parameter):
+        return router.weight
+    linears = [m for m in router.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1].weight if linears else None
+
+
 def _routers(model: torch.nn.Module):
     for module in model.modules():
-        children = dict(module.named_children())
-        if "experts" in children:
-            yield from (children[name] for name in ROUTER_NAMES if name in children)
-        if type(module).__name__.endswith("Router"):
+        if _is_moe_block(module):
+            yield from _router_children(module)
+        elif type(module).__name__.endswith("Router"):
             yield module
 
 
@@ -142,8 +161,10 @@ def build_tiny(model_type: str, seed: int = 0, router_scale: float = 30.0) -> to
         router_scale: router weights are multiplied by this so that routing is decisive.
 
     Returns:
-        the model (of :func:`model_class_for`), built from :func:`tiny_config_for`. Per-expert
-        selection biases are set to small random values so that their effect is observable.
+        the model (of :func:`model_class_for`), built from :func:`tiny_config_for`. Tensors the
+        model class leaves uninitialised, and zero-initialised router weights, are drawn from a
+        normal of the config's ``initializer_range``; per-expert selection biases are set to small
+        random values so that their effect is observable.
     """
     config = tiny_config_for(model_type)
     cls = model_class_for(model_type)
@@ -153,23 +174,38 @@ def build_tiny(model_type: str, seed: int = 0, router_scale: float = 30.0) -> to
         raise ValueError(f"the shrunk {model_type} config still has {size / 1e6:.0f} M parameters "
                          f"(limit {MAX_PARAMETERS / 1e6:.0f} M); a size attribute needs an override")
     torch.manual_seed(seed)
-    model = cls._from_config(config, dtype=torch.float32)
+    with _nan_for_uninitialized():
+        model = cls._from_config(config, dtype=torch.float32)
     model.eval()
+    std = getattr(config.get_text_config(), "initializer_range", 0.02)
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
     with torch.no_grad():
-        scaled = set()
-        for router in _routers(model):
-            weight = getattr(router, "weight", None)
-            weights = [weight] if isinstance(weight, torch.nn.Parameter) else [
-                m.weight for m in router.modules() if isinstance(m, torch.nn.Linear)]
-            for w in weights:
-                if id(w) not in scaled:
-                    scaled.add(id(w))
-                    w.mul_(router_scale)
-        tensors = list(model.named_parameters()) + list(model.named_buffers())
+        for _, tensor in tensors:
+            if tensor.is_floating_point() and tensor.isnan().any():  # left uninitialised by the class
+                tensor.normal_(0.0, std)
+        for weight in {id(w): w for w in map(_router_weight, _routers(model)) if w is not None}.values():
+            if not weight.any():  # zero-initialised: every token would tie
+                weight.normal_(0.0, std)
+            weight.mul_(router_scale)
         for name, tensor in tensors:
             if name.rsplit(".", 1)[-1].endswith(SELECTION_BIASES) and tensor.dim() == 1:
                 tensor.copy_(torch.randn(tensor.shape) * 0.05)
     return model
+
+
+@contextlib.contextmanager
+def _nan_for_uninitialized():
+    """Fill fresh ``torch.empty`` memory with NaN, so that tensors a class never initialises show up."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _special_token_ids(config) -> set[int]:
@@ -222,13 +258,7 @@ def moe_block_names(model: torch.nn.Module) -> list[str]:
     """Qualified names of the MoE blocks of ``model``.
 
     A block is a module with a child named ``experts``, or one whose class name ends in a
-    :data:`MOE_BLOCK_SUFFIXES` suffix and that holds a router child.
+    :data:`MOE_BLOCK_SUFFIXES` suffix and that holds a router child (named ``gate``, ``router`` or
+    ``*router*``, or of a class named ``*Router``).
     """
-    names = []
-    for name, module in model.named_modules():
-        children = dict(module.named_children())
-        routed = any(n in children for n in ROUTER_NAMES) or any(
-            type(c).__name__.endswith("Router") for c in children.values())
-        if "experts" in children or (type(module).__name__.endswith(MOE_BLOCK_SUFFIXES) and routed):
-            names.append(name)
-    return names
+    return [name for name, module in model.named_modules() if _is_moe_block(module)]

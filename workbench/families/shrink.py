@@ -31,8 +31,7 @@ HIDDEN, LAYERS, MAX_LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN, EXPERTS, TOP_K = 64,
 DEPTHS = ("num_hidden_layers", "num_layers", "n_layers", "n_layer", "num_decoder_layers", "encoder_layers",
           "decoder_layers")
 
-#: attribute name -> tiny value (an int attribute, or each int of a list attribute, is capped at it);
-#: other names ending in ``_hidden_size`` are capped at :data:`HIDDEN`
+#: attribute name -> tiny value (an int attribute, or each int of a list attribute, is capped at it)
 SIZES: dict[str, int] = {
     # widths
     "hidden_size": HIDDEN, "d_model": HIDDEN, "n_embd": HIDDEN, "dim": HIDDEN, "embed_dim": HIDDEN,
@@ -50,7 +49,8 @@ SIZES: dict[str, int] = {
     "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
     "v_head_dim": HEAD_DIM, "qk_head_dim": 16, "index_head_dim": 16, "index_n_heads": 2, "index_topk": 8,
     "index_kpool": 4, "num_global_key_value_heads": KV_HEADS, "global_head_dim": HEAD_DIM,
-    "swa_head_dim": HEAD_DIM,
+    "swa_head_dim": HEAD_DIM, "swa_num_attention_heads": HEADS, "swa_num_key_value_heads": KV_HEADS,
+    "o_lora_rank": 16, "o_groups": 2, "hc_lowrank": 16,
     # experts
     "num_experts": EXPERTS, "num_local_experts": EXPERTS, "n_routed_experts": EXPERTS,
     "moe_num_experts": EXPERTS, "num_experts_per_tok": TOP_K, "num_experts_per_token": TOP_K,
@@ -62,18 +62,22 @@ SIZES: dict[str, int] = {
     "num_sparse_encoder_layers": 1, "num_sparse_decoder_layers": 1,
     "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
     "full_attention_interval": 2, "global_attn_every_n_layers": 2, "sliding_window_pattern": 2,
-    "no_rope_layer_interval": 2, "layer_group_size": 2,
+    "no_rope_layer_interval": 2, "layer_group_size": 2, "n_layers_per_attn_res_block": 2,
     # linear attention / state-space mixers
     "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
-    "linear_value_head_dim": 8, "mamba_n_heads": 4, "mamba_d_head": 8, "mamba_head_dim": 8,
-    "mamba_d_state": 8, "ssm_state_size": 8, "mamba_n_groups": 1, "n_groups": 1, "state_size": 8,
-    "mamba_expand": 2, "mamba_d_conv": 4, "mamba_dt_rank": 8, "time_step_rank": 8,
+    "linear_value_head_dim": 8, "linear_head_dim": 8, "linear_num_heads": 4, "mamba_n_heads": 4,
+    "mamba_d_head": 8, "mamba_head_dim": 8, "mamba_d_state": 8, "ssm_state_size": 8, "mamba_n_groups": 1,
+    "n_groups": 1, "state_size": 8, "mamba_expand": 2, "mamba_d_conv": 4, "mamba_dt_rank": 8, "time_step_rank": 8,
     # misc
-    "vocab_size": 512, "vocab_size_per_layer_input": 512, "sliding_window": 32, "attention_chunk_size": 64,
-    "max_position_embeddings": 512, "max_window_layers": LAYERS,
+    "vocab_size": 512, "vocab_size_per_layer_input": 512, "unpadded_vocab_size": 512, "mel_vocab_size": 16,
+    "sliding_window": 32, "attention_chunk_size": 64, "max_position_embeddings": 512, "max_window_layers": LAYERS,
+    "decoder_dim": HIDDEN, "num_code_groups": 4, "num_quantizers": 4,
     **dict.fromkeys(DEPTHS, LAYERS),
 }
 
+#: name suffix -> tiny value, for names :data:`SIZES` lacks (e.g. the widths of adapters and projectors)
+SUFFIX_SIZES = {"_hidden_size": HIDDEN, "_hidden_dim": HIDDEN, "_out_dim": HIDDEN, "_output_dim": HIDDEN,
+                "_input_dim": HIDDEN, "_channels": HIDDEN, "_intermediate_size": FFN, "mlp_dim": FFN}
 #: MoE sizes that default configs may leave unset (``None``): they get these tiny values
 UNSET_MOE_SIZES = {"num_experts": EXPERTS, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                    "num_experts_per_tok": TOP_K, "top_k_experts": TOP_K, "moe_intermediate_size": FFN // 2,
@@ -114,7 +118,8 @@ def _walk(config):
 
 def depth_of(config) -> int | None:
     """The number of layers of ``config`` (its first depth attribute), if it has one."""
-    return next((vars(config)[n] for n in DEPTHS if _is_int(vars(config).get(n))), None)
+    depths = [vars(config).get(n) for n in DEPTHS] + [getattr(config, "num_hidden_layers", None)]
+    return next((d for d in depths if _is_int(d)), None)
 
 
 class _Names:
@@ -128,18 +133,18 @@ class _Names:
         """The name under which the attribute is stored (in ``vars(config)``)."""
         return self.aliases.get(name, name)
 
-    def all(self, name: str) -> list[str]:
-        """``name`` and its aliases."""
+    def equivalent(self, name: str) -> list[str]:
+        """``name`` as stored, then its aliases."""
         stored = self.stored(name)
         return [stored] + sorted(a for a, s in self.aliases.items() if s == stored)
 
     def field(self, name: str) -> str | None:
         """The constructor field of attribute ``name``, if any."""
-        return next((n for n in self.all(name) if n in self.fields), None)
+        return next((n for n in self.equivalent(name) if n in self.fields), None)
 
     def lookup(self, table: dict, name: str):
         """The entry of ``table`` for ``name`` or one of its aliases."""
-        return next((table[n] for n in self.all(name) if n in table), None)
+        return next((table[n] for n in self.equivalent(name) if n in table), None)
 
 
 @dataclasses.dataclass
@@ -154,8 +159,8 @@ class _Tree:
         configs = list(_walk(default))
         widths = {v for c in configs for n in ("hidden_size", "d_model", "embed_dim", "n_embd")
                   if _is_int(v := vars(c).get(n)) and v > HIDDEN}
-        vocab = min((min(v, SIZES["vocab_size"]) for c in configs if _is_int(v := vars(c).get("vocab_size"))),
-                    default=SIZES["vocab_size"])
+        vocabs = [min(v, SIZES["vocab_size"]) for c in configs if _is_int(v := vars(c).get("vocab_size"))]
+        vocab = min(vocabs, default=SIZES["vocab_size"])
         ids = sorted({i for c in configs for n, v in vars(c).items() if _is_token_name(n)
                       for i in (v if isinstance(v, (list, tuple)) else [v]) if _is_int(i) and i >= vocab})
         return cls(widths, {i: vocab - 1 - k for k, i in enumerate(ids)})
@@ -163,8 +168,8 @@ class _Tree:
     def shrunk(self, names: _Names, name: str, value):
         """The tiny value of attribute ``name`` (``value`` itself when unchanged)."""
         size = names.lookup(SIZES, name.removesuffix("_per_layer"))
-        if size is None and name.endswith("_hidden_size"):
-            size = HIDDEN
+        if size is None:
+            size = next((v for suffix, v in SUFFIX_SIZES.items() if name.endswith(suffix)), None)
         if _is_int(value) and size is not None:
             return min(value, size)
         if isinstance(value, (list, tuple)) and size is not None:
@@ -198,20 +203,18 @@ def shrink(default, layers: int = LAYERS):
         default: the config to shrink (not modified).
         layers: the smallest depth tried.
     """
-    return _shrink(default, layers, _Tree.of(default), {})
+    return _shrink(default, layers, _Tree.of(default))
 
 
-def _shrink(default, layers: int, tree: _Tree, init_kwargs: dict):
-    """Tiny ``default``; ``init_kwargs`` are those its parent config makes it with."""
+def _shrink(default, layers: int, tree: _Tree):
     from workbench.families.overrides import OVERRIDES
 
-    specs = type(default).sub_configs_defaults
-    subs = {name: _shrink(value, layers, tree, dict(specs[name].init_kwargs) if name in specs else {})
-            for name, value in vars(default).items() if _is_config(value)}
+    subs = {name: _shrink(value, layers, tree) for name, value in vars(default).items() if _is_config(value)}
     names, old = _Names(type(default)), vars(default)
+    own = _derived_lists(default, names)
     depth = depth_of(default)
     for tried in range(layers, max(min(depth or 0, MAX_LAYERS), layers) + 1):
-        kwargs = init_kwargs | _tiny_kwargs(default, names, tried, tree) | copy.deepcopy(subs)
+        kwargs = _tiny_kwargs(default, names, tried, tree, own) | copy.deepcopy(subs)
         override = OVERRIDES.get(default.model_type)
         if callable(override):
             override(kwargs, default)
@@ -229,28 +232,43 @@ def _shrink(default, layers: int, tree: _Tree, init_kwargs: dict):
     return config
 
 
-def _tiny_kwargs(default, names: _Names, depth: int, tree: _Tree) -> dict:
+def _derived_lists(default, names: _Names) -> set[str]:
+    """Names of the lists of ``default`` that its class derives (from its other fields) as they are.
+
+    Those are left out of the kwargs so that the class derives them for the tiny sizes and depth;
+    other lists (given to ``default`` by its parent, or literal defaults) are truncated instead.
+    """
+    try:
+        fresh = vars(type(default)())
+    except Exception:  # a class that cannot be built bare derives nothing we can rely on
+        return set()
+    depth = depth_of(default)
+    per_layer = {name for name, value in vars(default).items()
+                 if isinstance(value, (list, tuple, str)) and value and len(value) == depth}
+    return {name for name in per_layer | (set(LAYER_INDEX_LISTS) & set(vars(default)))
+            if (field := names.field(name)) and names.fields[field].default is None
+            and fresh.get(name) == vars(default)[name]}
+
+
+def _tiny_kwargs(default, names: _Names, depth: int, tree: _Tree, derived: set[str]) -> dict:
     """Constructor kwargs of a tiny ``default`` with ``depth`` layers (sub-configs left out)."""
     old_depth = depth_of(default)
     kwargs = {}
     for name, value in vars(default).items():
         field = names.field(name)
-        if field is None or _is_config(value):
+        if field is None or _is_config(value) or name in derived:
             continue
-        derived = names.fields[field].default is None  # the class derives it from the other kwargs
         if name in DEPTHS and _is_int(value):
             kwargs[field] = min(value, depth)
         elif isinstance(value, (list, tuple, str)) and value and len(value) == old_depth:  # one entry per layer
-            if not derived:
-                kwargs[field] = value[:depth] if isinstance(value, str) else type(value)(
-                    tree.shrunk(names, name, v) for v in value[:depth])
+            kwargs[field] = value[:depth] if isinstance(value, str) else type(value)(
+                tree.shrunk(names, name, v) for v in value[:depth])
         elif name in LAYER_INDEX_LISTS and isinstance(value, (list, tuple)):
-            if not derived:
-                kwargs[field] = type(value)(i for i in value if i < depth)
+            kwargs[field] = type(value)(i for i in value if i < depth)
         elif value is None and names.lookup(UNSET_MOE_SIZES, name) is not None:
             kwargs[field] = names.lookup(UNSET_MOE_SIZES, name)
-        elif (new := tree.shrunk(names, name, value)) is not value:
-            kwargs[field] = new
+        else:
+            kwargs[field] = tree.shrunk(names, name, value)
     if default.is_heterogeneous:
         kwargs["per_layer_config"] = {i: {k: tree.shrunk(names, k, v) for k, v in layer.items()}
                                       for i, layer in default._heterogeneity_spec.per_layer_overrides.items()
@@ -283,17 +301,18 @@ def _keep_consistent(kwargs: dict, names: _Names, old: dict, outer: dict | None 
         put("qk_head_dim", get("qk_nope_head_dim") + get("qk_rope_head_dim"))
     if tied("num_key_value_heads", "num_attention_heads"):
         put("num_key_value_heads", get("num_attention_heads"))  # multi-head attention stays so
-    mamba = ("mamba_n_heads", "mamba_d_head", "mamba_expand", "hidden_size")
-    if ints(*mamba) and old[mamba[0]] * old[mamba[1]] == old[mamba[2]] * old[mamba[3]]:
-        put("mamba_d_head", get("mamba_expand") * get("hidden_size") // get("mamba_n_heads"))
-    experts = next((get(n) for n in ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
-                    if _is_int(get(n))), None)
-    if experts and _is_int(get("n_group")) and get("n_group") > 1:
+    mamba = [old.get(n) for n in ("mamba_n_heads", "mamba_d_head", "mamba_expand", "hidden_size")]
+    if ints("mamba_n_heads", "mamba_d_head", "mamba_expand") and mamba[0] * mamba[1] == mamba[2] * mamba[3]:
+        put("mamba_d_head", get("mamba_expand") * get("hidden_size") // get("mamba_n_heads"))  # heads span it
+    counts = ("n_routed_experts", "num_experts", "num_local_experts", "moe_num_experts")
+    experts = next((get(n) for n in counts if _is_int(get(n))), None)
+    if experts and _is_int(get("n_group")) and get("n_group") > 1:  # expert groups divide the experts
         put("n_group", 4 if experts % 4 == 0 else 1)
         if _is_int(get("topk_group")):
             put("topk_group", min(get("topk_group"), max(get("n_group") // 2, 1)))
-    head_dim = get("head_dim") if ints("head_dim") else (
-        get("hidden_size") // get("num_attention_heads") if ints("hidden_size", "num_attention_heads") else None)
+    head_dim = get("head_dim") if ints("head_dim") else None
+    if head_dim is None and ints("hidden_size", "num_attention_heads"):
+        head_dim = get("hidden_size") // get("num_attention_heads")
     if isinstance(get("rope_parameters"), dict) and head_dim:
         put("rope_parameters", _tiny_rope(get("rope_parameters"), head_dim))
 
