@@ -67,6 +67,7 @@ def test_unknown_family_lists_supported():
         wb.get_adapter("my_new_moe")
     for name in ("mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "dbrx", "jetmoe"):
         assert name in str(err.value)
+    assert "wrap the model itself" in str(err.value)
 
 
 def test_dense_model_is_refused_with_the_list():
@@ -85,14 +86,14 @@ def test_moe_family_with_only_dense_layers_is_refused():
 
     config = tiny_config("qwen3_moe")
     config.mlp_only_layers = [0, 1]
-    with pytest.raises(wb.UnsupportedModelError, match="no MoE layers"):
+    with pytest.raises(wb.UnsupportedModelError, match="has no MoE block"):
         wb.wrap(AutoModelForCausalLM.from_config(config))
 
 
 def test_register_new_family_in_a_few_lines():
     from workbench.adapters import unregister
 
-    base = wb.get_adapter("mixtral")
+    base = wb.adapter_for(tiny_model("mixtral")[0])
     adapter = wb.Adapter("mixtral-like", ("mixtral_like_test",), rule=base.rule,
                          num_experts=base.num_experts, top_k=base.top_k)
     wb.register(adapter)

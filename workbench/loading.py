@@ -125,9 +125,10 @@ class MoEModel:
         Example:
             >>> import workbench as wb
             >>> from workbench.testing import tiny_model
-            >>> print(wb.wrap(*tiny_model("mixtral")).describe())
+            >>> print(wb.wrap(*tiny_model("mixtral")).describe())  # doctest: +ELLIPSIS
             mixtral: E=8, k=2, rule: softmax -> top-k -> renormalise
-              adapter: registered family file (model.layers[i].mlp: gate -> experts)
+              adapter: identified from the module tree (model.layers[i].mlp: gate -> experts)
+              identified on the router: softmax -> top-k -> renormalise, exact on ... tokens (... rules tried)
               MoE layers: 2 of 2
         """
         a = self.adapter

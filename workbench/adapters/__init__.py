@@ -2,9 +2,9 @@
 
 Most MoE families need no file: :mod:`~workbench.adapters.discover` finds their blocks in the module
 tree and :mod:`~workbench.adapters.identify` identifies their routing rule on the router itself.
-Family files (an :class:`Adapter` in the registry) serve the thirteen families known before
-discovery; DBRX (the block picks the top-k), JetMoE (the router sorts tokens) and Llama-4 (dense
-scores scale the experts' inputs) deviate from the transformers-5 block shape and keep theirs.
+A family file (an :class:`Adapter` in the registry) stays only where a family deviates from the
+transformers-5 block shape: DBRX (the block picks the top-k), JetMoE (the router sorts tokens) and
+Llama-4 (dense scores scale the experts' inputs).
 
 Example:
     >>> import workbench as wb
@@ -14,21 +14,10 @@ Example:
     'experts_call'
     >>> model, _ = tiny_model("olmoe")
     >>> adapter_for(model).origin
-    'registered'
+    'identified'
 """
 
-from workbench.adapters import (  # noqa: F401  (registration side effects)
-    dbrx,
-    deepseek,
-    gpt_oss,
-    granite,
-    jetmoe,
-    llama4,
-    mixtral,
-    olmoe,
-    phimoe,
-    qwen_moe,
-)
+from workbench.adapters import dbrx, jetmoe, llama4, switch  # noqa: F401  (registration side effects)
 from workbench.adapters.base import (
     ROUTER_IO,
     Adapter,

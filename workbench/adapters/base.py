@@ -14,6 +14,9 @@ Router return conventions (``router_io``):
   routing is read and replaced where the block calls ``experts(x, top_k_index, top_k_weights)``, so
   the trace holds exactly what the experts received (DBRX, whose block picks the top-k itself, and
   every adapter identified by :mod:`workbench.adapters.identify`).
+* ``"switch"`` — ``router(x) -> (one-hot dispatch mask [B, S, E], top-1 probability, logits)``;
+  the block calls ``experts(x, mask [T, k, E], w [T, k])``; read and replaced at that call
+  (Switch Transformers).
 * ``"jetmoe"`` — ``router(x) -> (sorted_positions, token_index, gates, expert_sizes, logits)``.
 """
 
@@ -26,7 +29,7 @@ import torch
 
 from workbench.kernels.rules import RoutingRule
 
-ROUTER_IO = ("logits_weights_indices", "scores_logits", "experts_call", "jetmoe")
+ROUTER_IO = ("logits_weights_indices", "scores_logits", "experts_call", "jetmoe", "switch")
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,16 @@ class Adapter:
 
 
 def _get(obj, dotted: str, default=...):
+    if dotted == "":  # the block is the decoder layer itself (Gemma-4)
+        return obj
     for part in dotted.split("."):
         if part.isdigit():
-            obj = obj[int(part)]
+            try:
+                obj = obj[int(part)]
+            except (IndexError, TypeError, KeyError):
+                if default is ...:
+                    raise
+                return default
             continue
         if not hasattr(obj, part):
             if default is ...:

@@ -44,6 +44,8 @@ class Structure:
         num_experts: experts in the experts module (routed experts that compute).
         shared_expert_attrs: block children that run for every token.
         bias_candidates: block-relative paths of ``[E]`` tensors that may be a selection bias.
+        scale_tensors: block-relative paths of the router's per-expert ``[E]`` scales (Gemma-4);
+            identification perturbs them too, so that a rule that ignores them is not taken.
     """
 
     stacks: tuple[str, ...]
@@ -53,6 +55,7 @@ class Structure:
     num_experts: int
     shared_expert_attrs: tuple[str, ...]
     bias_candidates: tuple[str, ...]
+    scale_tensors: tuple[str, ...] = ()
 
 
 def router_child(block: torch.nn.Module) -> str | None:
@@ -93,6 +96,18 @@ def _split(name: str) -> tuple[str, str]:
     raise DiscoveryError(f"MoE block {name!r} is not inside a list of layers")
 
 
+NON_TEXT = ("vision", "visual", "audio", "image", "video")
+
+
+def _text_blocks(blocks):
+    """The blocks that route text tokens: a vision or audio tower's MoE blocks are left out when the
+    model has others, and a layer with a text and a vision mixture (Ernie-4.5-VL) keeps the text one."""
+    def non_text(name: str) -> bool:
+        return any(word in name for word in NON_TEXT)
+    text = [b for b in blocks if not non_text(b[0])]
+    return text or blocks
+
+
 def _bias_candidates(block: torch.nn.Module, router_attr: str, width: int) -> tuple[str, ...]:
     found = []
     for prefix, module in (("", block), (router_attr + ".", block.get_submodule(router_attr))):
@@ -102,6 +117,9 @@ def _bias_candidates(block: torch.nn.Module, router_attr: str, width: int) -> tu
             leaf = name.rsplit(".", 1)[-1]
             if prefix == "" and (name.startswith(router_attr + ".") or "." in name):
                 continue  # the block's own tensors only; the router's are listed with its prefix
+            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            if isinstance(owner, torch.nn.Linear):
+                continue  # a linear layer's own bias is part of the logits, not a selection bias
             if "bias" in leaf and tensor.numel() == width and full not in found:
                 found.append(full)
     return tuple(found)
@@ -123,6 +141,7 @@ def find_structure(model: torch.nn.Module) -> Structure:
     routers = {r for _, _, r in blocks}
     if len(routers) > 1:
         raise DiscoveryError(f"{type(model).__name__}'s MoE blocks name their router differently: {sorted(routers)}")
+    blocks = _text_blocks(blocks)
     stacks: dict[str, str] = {}
     for name, _, _ in blocks:
         stack, attr = _split(name)
@@ -137,7 +156,10 @@ def find_structure(model: torch.nn.Module) -> Structure:
     shared = tuple(n for n in SHARED_NAMES if isinstance(getattr(block, n, None), torch.nn.Module))
     return Structure(stacks=tuple(stacks), block_attrs=tuple(stacks.values()), router_attr=router_attr,
                      experts_attr="experts", num_experts=num_experts, shared_expert_attrs=shared,
-                     bias_candidates=_bias_candidates(block, router_attr, width))
+                     bias_candidates=_bias_candidates(block, router_attr, width),
+                     scale_tensors=tuple(f"{router_attr}.{n}" for n, t in list(router.named_parameters())
+                                         + list(router.named_buffers())
+                                         if "scale" in n.rsplit(".", 1)[-1] and t.numel() == width))
 
 
 def _router_width(router: torch.nn.Module, num_experts: int) -> int:

@@ -168,7 +168,8 @@ def probe(model: torch.nn.Module, structure: Structure):
     layers = [i for i, b in enumerate(blocks) if b is not None]
     hashed = {i for i in layers if is_hash_router(blocks[i].get_submodule(structure.router_attr))}
     originals = {(i, name): blocks[i].get_submodule(name.rsplit(".", 1)[0]) if "." in name else blocks[i]
-                 for i in layers if i not in hashed for name in structure.bias_candidates}
+                 for i in layers if i not in hashed
+                 for name in structure.bias_candidates + structure.scale_tensors}
     saved = {key: getattr(module, key[1].rsplit(".", 1)[-1]).detach().clone() for key, module in originals.items()}
     samples: list[LayerSample] = []
     g = torch.Generator().manual_seed(1234)
@@ -280,6 +281,8 @@ def _router_constants(model, structure: Structure) -> dict:
         for name, value in vars(source).items():
             if isinstance(value, float) and value > 0:
                 found["floats"].add(value)
+    found["scales"] = [n for n, t in list(router.named_parameters()) + list(router.named_buffers())
+                       if "scale" in n.rsplit(".", 1)[-1] and t.dim() == 1 and t.numel() > 1]
     return found
 
 
@@ -288,12 +291,13 @@ def _candidates(constants: dict, biases: tuple[str, ...]):
     n, t = constants.get("n_group"), constants.get("topk_group")
     if isinstance(n, int) and isinstance(t, int) and n > 1:
         groups += [(n, t, "max"), (n, t, "top2sum")]
+    eps_values = (0.0,) + tuple(sorted({1e-6} | {v for v in constants["floats"] if v < 1e-3}))
     for scoring in SCORING_ORDER:
         for bias in (None,) + biases:
-            for renormalize in (False, True):
+            for renormalize, eps in [(False, 0.0)] + [(True, e) for e in eps_values]:
                 for n_group, topk_group, group_score in groups:
-                    yield RoutingRule(scoring, renormalize=renormalize, n_group=n_group, topk_group=topk_group,
-                                      group_score=group_score, biased=bias is not None), bias
+                    yield RoutingRule(scoring, renormalize=renormalize, renorm_eps=eps, n_group=n_group,
+                                      topk_group=topk_group, group_score=group_score, biased=bias is not None), bias
     if "jitter" in constants:
         yield RoutingRule("sparsemixer", jitter_eps=float(constants["jitter"])), None
 
@@ -303,6 +307,8 @@ def _compare(rule: RoutingRule, samples, k: int, bias_attr):
     pairs = []
     for s in samples:
         bias = s.bias[bias_attr] if bias_attr else None
+        if bias is not None and bias.numel() != s.logits.shape[1]:
+            return False, None
         if rule.n_group > 1 and s.logits.shape[1] % rule.n_group:
             return False, None
         d = route(s.logits, rule, s.idx.shape[1], bias)
@@ -326,13 +332,20 @@ def _search(samples, k: int, constants: dict):
         ok, pairs = _compare(rule, samples, k, bias_attr)
         if not ok:
             continue
-        scaling = _scaling(pairs, constants["floats"])
-        if scaling is None:
+        # the scaling comes from the native top-k; the wider pass must agree up to a constant of its
+        # own (a router may divide by its top_k, which the wider pass changed)
+        native = [p for p, s in zip(pairs, samples) if s.idx.shape[1] == k]
+        wider = [p for p, s in zip(pairs, samples) if s.idx.shape[1] != k]
+        scaling = _scaling(native, constants["floats"])
+        if scaling is None or (wider and _scaling(wider, set()) is None):
             near = near or rule
             continue
         if scaling != 1.0:
             rule = rule.with_(scaling=scaling)
             _, pairs = _compare(rule, samples, k, bias_attr)
+            pairs = [p for p, s in zip(pairs, samples) if s.idx.shape[1] == k]
+        else:
+            pairs = native
         if all(torch.equal(a, b) for a, b in pairs):
             return rule, bias_attr, f"identified on the router: {rule.describe()}, exact on {tokens} tokens ({tried} rules tried)"
         err = max(float(((a - b).abs() / b.abs().clamp_min(1e-30)).max()) if a.numel() else 0.0 for a, b in pairs)
@@ -343,6 +356,9 @@ def _search(samples, k: int, constants: dict):
         return rule, bias_attr, (f"identified on the router: {rule.describe()}, weights equal to {err:.1e} relative "
                                  f"(float rounding; no rule is bit-exact) on {tokens} tokens ({tried} rules tried)")
     hint = f"; the closest chose the same experts as {near.describe()} with other weights" if near else ""
+    if constants.get("scales"):
+        hint += (f"; the router multiplies weights by per-expert scales ({', '.join(constants['scales'])}), "
+                 "which no rule of the grammar does")
     raise IdentificationError(
         f"no routing rule reproduces this router's (indices, weights) exactly: tried {tried} rules "
         f"({', '.join(SCORING_ORDER)}, sparsemixer; with/without selection bias {list(biases) or 'none found'}; "

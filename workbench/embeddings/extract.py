@@ -153,7 +153,7 @@ def last_real_index(mask: torch.Tensor) -> torch.Tensor:
 
 def decoder_of(lm) -> torch.nn.Module:
     """The decoder stack of the CausalLM (the module holding the decoder layers and final norm)."""
-    path = lm.adapter.layers_path.rsplit(".", 1)
+    path = lm.adapter.stacks[-1][0].rsplit(".", 1)  # the last stack: the decoder of an encoder-decoder
     return lm.model.get_submodule(path[0]) if len(path) == 2 else lm.model
 
 

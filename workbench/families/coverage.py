@@ -45,7 +45,9 @@ class _ExpertsTap:
 
     def __init__(self, lm):
         self.lm, self.calls, self.logits, self.handles = lm, {}, {}, []
-        self.at_experts = lm.adapter.router_io == "experts_call"
+        from workbench.probes import seams
+
+        self.at_experts = seams.at_experts(lm.adapter.router_io)
 
     def __enter__(self):
         for layer in self.lm.moe_layers:
@@ -56,8 +58,11 @@ class _ExpertsTap:
 
     def _experts(self, layer):
         def hook(module, args, kwargs):
+            from workbench.probes import seams
+
             values = list(args) + [kwargs.get(n) for n in ("hidden_states", "top_k_index", "top_k_weights")[len(args):]]
-            self.calls[layer] = (values[1].detach().long().clone(), values[2].detach().clone())
+            idx, w = seams.from_experts_args(self.lm.adapter.router_io, values[1], values[2])
+            self.calls[layer] = (idx.detach().long().clone(), w.detach().clone())
         return hook
 
     def _router(self, layer):
@@ -90,6 +95,17 @@ def _by_expert(idx: torch.Tensor, w: torch.Tensor, valid: torch.Tensor | None = 
 
 
 def _same(a, b) -> bool:
+    """Equal routings; a narrower one is widened with empty slots (hooks pad an edit to the model's k)."""
+    width = max(a[0].shape[1], b[0].shape[1])
+
+    def widen(x):
+        pad = width - x[0].shape[1]
+        if not pad:
+            return x
+        rows = x[0].shape[0]
+        return (torch.cat([torch.full((rows, pad), -1, dtype=x[0].dtype), x[0]], dim=1),
+                torch.cat([torch.zeros(rows, pad, dtype=x[1].dtype), x[1]], dim=1))
+    a, b = widen(a), widen(b)
     return torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -178,7 +194,7 @@ def check_topk_against_router(lm, inputs) -> str:
             r.top_k = lm.top_k + 1
         with _ExpertsTap(lm) as native:
             _forward(lm, inputs)
-    except RuntimeError:  # the block cannot run another top-k (e.g. sizes fixed at construction)
+    except (RuntimeError, ValueError):  # the block cannot run another top-k (sizes fixed at construction)
         return "n/a"
     finally:
         for r, k in zip(routers, saved):
@@ -197,20 +213,24 @@ def check_pruning(lm, inputs) -> str:
     """Write a pruned checkpoint and reload it with plain transformers (or say why not)."""
     import workbench as wb
     from workbench.pruning.slicing import UnsupportedPruning, prune_model, save_pruned
+    from workbench.pruning.subsets import PruningConstraintError
 
     learned = [x for x in lm.moe_layers if x not in lm.hash_layers]
     if lm.hash_layers or lm.num_routed_experts < lm.num_experts:
         return "refused: hash-routed layers or null experts cannot be sliced"
-    keep = list(range(2, lm.num_experts))
+    # drop one expert of each group (balanced groups), or experts 0 and 1 without groups
+    size = lm.num_experts // lm.rule.n_group
+    dropped = list(range(0, lm.num_experts, size)) if lm.rule.n_group > 1 else [0, 1]
+    keep = [e for e in range(lm.num_experts) if e not in dropped]
     try:
         small = prune_model(lm, {layer: keep for layer in learned})
         with tempfile.TemporaryDirectory() as folder:
             save_pruned(small, folder)
             plain = type(lm.model).from_pretrained(folder).eval()
-            with wb.edit(lm, wb.Mask({layer: [0, 1] for layer in learned})):
+            with wb.edit(lm, wb.Mask({layer: dropped for layer in learned})):
                 expected = _forward(lm, inputs)
             got = _forward(wb.wrap(plain), inputs)
-    except UnsupportedPruning as err:
+    except (UnsupportedPruning, PruningConstraintError) as err:
         return f"refused: {err}"
     except Exception as err:  # noqa: BLE001 - reported in the matrix
         return f"failed: {type(err).__name__}: {str(err)[:160]}"

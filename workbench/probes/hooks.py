@@ -93,7 +93,7 @@ class ProbeManager:
             self._handles.append(block.register_forward_pre_hook(self._shape_hook(layer), with_kwargs=True))
             router = adapter.router(block)
             self._handles.append(router.register_forward_hook(self._router_hook(layer), prepend=True))
-            if adapter.router_io == "experts_call":
+            if seams.at_experts(adapter.router_io):
                 experts = adapter.experts(block)
                 self._handles.append(
                     experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True, prepend=True))
@@ -124,7 +124,7 @@ class ProbeManager:
 
         def hook(module, args, out):
             logits, idx, w = seams.unpack(io, out, self.lm.num_experts, self.lm.top_k)
-            if io == "experts_call":
+            if seams.at_experts(io):
                 self._pending_logits[layer] = logits
                 return None
             decision, changed = self._decide_native(layer, logits, idx, w)
@@ -134,15 +134,18 @@ class ProbeManager:
         return hook
 
     def _experts_hook(self, layer: int):
+        io = self.lm.adapter.router_io
+
         def hook(module, args, kwargs):
-            hidden, idx, w = _experts_args(args, kwargs)
+            hidden, idx_arg, w_arg = _experts_args(args, kwargs)
+            idx, w = seams.from_experts_args(io, idx_arg, w_arg)
             logits = self._pending_logits.pop(layer)
             decision, changed = self._decide_native(layer, logits, idx, w)
             for fn in self.listeners:
                 fn(layer, logits, decision)
             if not changed:
                 return None
-            return (hidden, decision.idx, decision.w.to(w.dtype)), {}
+            return (hidden, *seams.to_experts_args(io, decision, idx_arg, w_arg, self.lm.num_experts)), {}
         return hook
 
     def _decide_native(self, layer: int, logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor):

@@ -248,10 +248,11 @@ def _visit(nn_model, lm, decider: ProbeManager, layers, scores: bool) -> dict[in
         router = _envoy(nn_model, lm.router(layer))
         out = router.output
         logits, idx, w = seams.unpack(io, out, num_experts, lm.top_k)
-        if io == "experts_call":  # DBRX: the block picks the top-k; edit the experts call
+        if seams.at_experts(io):  # DBRX, identified families: edit the experts call
             experts = _envoy(nn_model, lm.experts(layer))
             args, kwargs = experts.inputs
-            x, idx, w = _experts_args(args, kwargs)
+            x, idx_arg, w_arg = _experts_args(args, kwargs)
+            idx, w = seams.from_experts_args(io, idx_arg, w_arg)
         if len(shape) > 1 and shape[0] * shape[1] != logits.shape[0]:
             raise RuntimeError(
                 f"layer {layer}: the block input is {shape} but the router saw {logits.shape[0]} tokens. "
@@ -260,8 +261,8 @@ def _visit(nn_model, lm, decider: ProbeManager, layers, scores: bool) -> dict[in
                 "or call from an empty tracer.invoke(), which sees the whole batch.")
         decider._shapes[layer] = shape
         decision, changed = decider.decide(layer, logits, seams.native_decision(idx, w))
-        if changed and io == "experts_call":
-            experts.inputs = ((x, decision.idx, decision.w.to(w.dtype)), {})
+        if changed and seams.at_experts(io):
+            experts.inputs = ((x, *seams.to_experts_args(io, decision, idx_arg, w_arg, num_experts)), {})
         elif changed:
             router.output = seams.pack(io, out, decision, num_experts)
         if layer in layers:

@@ -12,6 +12,50 @@ import torch
 from workbench.kernels.routing import Decision
 
 
+#: conventions whose routing is read and replaced at the experts call
+EXPERTS_SEAMS = ("experts_call", "switch")
+
+
+def at_experts(router_io: str) -> bool:
+    """Whether ``router_io`` is recorded and edited at the experts call rather than the router."""
+    return router_io in EXPERTS_SEAMS
+
+
+def from_experts_args(router_io: str, idx_arg: torch.Tensor, w_arg: torch.Tensor):
+    """``(idx [T, k], w [T, k])`` from what the block passes to ``experts(x, ·, ·)``.
+
+    Switch Transformers passes a one-hot ``[T, k, E]`` dispatch mask; a token its capacity dropped
+    has an all-zero mask and shows as weight 0.
+    """
+    if router_io == "switch":
+        return idx_arg.argmax(dim=-1), w_arg * idx_arg.any(dim=-1).to(w_arg.dtype)
+    return idx_arg, w_arg
+
+
+def to_experts_args(router_io: str, decision: Decision, idx_arg: torch.Tensor, w_arg: torch.Tensor, num_experts: int):
+    """The experts call's routing arguments, in the block's own format, carrying ``decision``.
+
+    A decision with fewer slots than the call had is padded with empty slots (the first slot's
+    expert, weight 0): some experts modules assume at least their native number of slots.
+    """
+    native_k = w_arg.shape[1]
+    if decision.k < native_k:
+        pad = native_k - decision.k
+        rows = decision.idx.shape[0]
+        decision = Decision(
+            torch.cat([decision.idx, decision.idx[:, :1].expand(-1, pad)], dim=1),
+            torch.cat([decision.w, torch.zeros(rows, pad, dtype=decision.w.dtype, device=decision.w.device)], dim=1),
+            None if decision.valid is None else torch.cat(
+                [decision.valid, torch.zeros(rows, pad, dtype=torch.bool, device=decision.w.device)], dim=1))
+    w = decision.w.to(w_arg.dtype)
+    if router_io == "switch":
+        hot = torch.nn.functional.one_hot(decision.idx, num_experts)
+        if decision.valid is not None:
+            hot = hot * decision.valid.unsqueeze(-1)
+        return hot.to(idx_arg.dtype), w
+    return decision.idx, w
+
+
 def unpack(router_io: str, out, num_experts: int, top_k: int):
     """``(logits [T, E], idx [T, k] | None, w [T, k] | None)`` from a router's return value."""
     if router_io == "logits_weights_indices":
@@ -24,6 +68,8 @@ def unpack(router_io: str, out, num_experts: int, top_k: int):
     if router_io == "experts_call":
         logits = out[0] if isinstance(out, (tuple, list)) else out
         return logits.reshape(-1, logits.shape[-1]), None, None
+    if router_io == "switch":  # (dispatch mask, top-1 probability, logits)
+        return out[2].reshape(-1, out[2].shape[-1]), None, None
     if router_io == "jetmoe":
         sorted_pos, _, gates, sizes, logits = out
         k = sorted_pos.numel() // logits.shape[0]

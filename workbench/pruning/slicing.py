@@ -64,6 +64,14 @@ def check_supported(lm) -> None:
             f"{lm.adapter.name} {UNSUPPORTED[lm.adapter.name]}; pruned checkpoints are written for families with "
             "fused [E, ...] expert tensors (Mixtral, Qwen-MoE, OLMoE, DeepSeek, GLM-4-MoE, GPT-OSS, Granite-MoE, "
             "PhiMoE). The search and wb.Mask edits still work for this family: apply result.mask() instead.")
+    from workbench.adapters.discover import router_child
+
+    routed = {id(lm.block(layer)) for layer in lm.moe_layers}
+    others = [n for n, m in lm.model.named_modules() if router_child(m) and id(m) not in routed]
+    if others:
+        raise UnsupportedPruning(
+            f"this model has MoE blocks the workbench does not route (e.g. {others[0]}, a vision or modality "
+            "mixture) that share the config's expert count; a pruned checkpoint would have to prune them too")
     devices = {str(d) for d in (getattr(lm.model, "hf_device_map", None) or {}).values()}
     if len(devices) > 1:
         raise UnsupportedPruning("this model is spread over several devices (device_map); load it on one device "
@@ -124,12 +132,27 @@ def pruned_config(lm, keep: int, meta: dict | None = None):
     return config
 
 
+def _block_biases(lm) -> dict[str, int]:
+    """``{state-dict name: layer}`` of selection biases held by the block itself rather than its
+    router (AFMoE, LFM2-MoE, HunYuan, MiniMax-M2 pass them to the router as an argument)."""
+    attr = lm.adapter.selection_bias_attr
+    if not attr or attr.startswith(lm.adapter.router_attr + "."):
+        return {}
+    blocks = {id(lm.block(layer)): layer for layer in lm.moe_layers}
+    return {f"{name}.{attr}" if name else attr: blocks[id(m)] for name, m in lm.model.named_modules() if id(m) in blocks}
+
+
 def slice_state_dict(lm, kept: dict[int, list[int]]) -> dict[str, torch.Tensor]:
     """The model's state dict with the dropped experts' rows removed (other tensors shared, not copied)."""
     owners = _module_names(lm)
+    biases = _block_biases(lm)
     e = lm.num_experts
     out, touched = {}, set()
     for name, tensor in lm.model.state_dict().items():
+        if name in biases and tensor.shape[-1] == e:
+            index = torch.tensor(kept[biases[name]], device=tensor.device)
+            out[name] = tensor.index_select(tensor.ndim - 1, index).contiguous()
+            continue
         prefix = next((p for p in owners if name.startswith(p + ".")), None)
         if prefix is None:
             out[name] = tensor
@@ -139,6 +162,9 @@ def slice_state_dict(lm, kept: dict[int, list[int]]) -> dict[str, torch.Tensor]:
             index = torch.tensor(kept[layer], device=tensor.device)
             out[name] = tensor.index_select(0, index).contiguous()
             touched.add((layer, prefix))
+        elif tensor.ndim > 1 and tensor.shape[-1] == e and tensor.numel() == e:  # a [1, E] bias (Ernie-4.5)
+            index = torch.tensor(kept[layer], device=tensor.device)
+            out[name] = tensor.index_select(tensor.ndim - 1, index).contiguous()
         elif prefix.endswith(lm.adapter.experts_attr) or tensor.ndim > 1:
             raise UnsupportedPruning(f"{name} has shape {tuple(tensor.shape)}: no dimension of E={e} experts first; "
                                      "the workbench cannot slice this layout")
@@ -191,7 +217,8 @@ def prune_model(lm, kept: dict, *, meta: dict | None = None):
         raise UnsupportedPruning(f"the pruned model has tensors without values: {still_meta[:5]}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
-    model.generation_config = copy.deepcopy(lm.model.generation_config)
+    if getattr(lm.model, "generation_config", None) is not None:  # base (non-generative) models have none
+        model.generation_config = copy.deepcopy(lm.model.generation_config)
     model.eval()
     return wrap(model, lm.tokenizer, source=f"pruned {lm.source} (r={keep})")
 

@@ -134,7 +134,7 @@ def shared_part(lm, layer: int, x: torch.Tensor) -> torch.Tensor:
         return seams.pack(io, out, Decision(idx.long(), torch.zeros_like(w, dtype=torch.float32),
                                             torch.ones_like(idx, dtype=torch.bool)), e)
 
-    if io == "experts_call":
+    if seams.at_experts(io):
         handle = lm.experts(layer).register_forward_hook(lambda m, a, out: torch.zeros_like(out))
     else:
         handle = lm.router(layer).register_forward_hook(zero_router)
