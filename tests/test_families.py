@@ -104,3 +104,34 @@ def test_hash_routed_layers_are_recorded_but_not_edited():
         with wb.edit(lm, wb.TopK(1)):  # all layers: the learned ones change, hash layers keep their ids
             edited = model(**inputs).logits
     assert learned and not torch.equal(plain, edited)
+
+
+def test_encoder_decoder_records_both_stacks_with_layer_names():
+    from workbench.testing import tiny_tokenizer
+
+    lm = wb.wrap(build_tiny("switch_transformers"), tiny_tokenizer())
+    names = [lm.layer_names[x] for x in lm.moe_layers]
+    assert any(n.startswith("encoder.") for n in names) and any(n.startswith("decoder.") for n in names)
+    trace = wb.record(lm, ["the quick brown fox jumps"], progress=False)
+    assert trace.layers == lm.moe_layers and (trace.topk_idx >= 0).all()
+    assert {str(k): v for k, v in trace.meta["layer_names"].items()} == {str(k): v for k, v in lm.layer_names.items()}
+    with wb.edit(lm, wb.Mask({lm.moe_layers[-1]: sorted({int(e) for e in trace.topk_idx[-1].flatten()})})):
+        edited = wb.record(lm, ["the quick brown fox jumps"], progress=False)
+    assert not set(edited.topk_idx[-1].flatten().tolist()) & set(trace.topk_idx[-1].flatten().tolist())
+
+
+def test_null_experts_keep_their_own_ids():
+    lm = wb.wrap(build_tiny("longcat_flash"))
+    assert lm.num_routed_experts < lm.num_experts
+    assert "null experts" in wb.describe(lm)
+    seen = set()
+
+    def listener(layer, logits, decision):
+        seen.update(decision.idx[decision.valid].tolist())
+    lm.probes.add_listener(listener)
+    try:
+        with torch.no_grad():
+            lm.model(**dummy_inputs(lm.model, length=32))
+    finally:
+        lm.probes.remove_listener(listener)
+    assert max(seen) < lm.num_experts and any(e >= lm.num_routed_experts for e in seen)

@@ -48,7 +48,8 @@ class Adapter:
         router_attr: attribute of the block that is the router (dotted allowed).
         experts_attr: attribute of the block that holds the experts.
         router_io: what the router returns, one of :data:`ROUTER_IO`.
-        router_output: what the router's logits are: raw ``"logits"`` for every family so far.
+        router_output: the unit of the router's scores that a trace's ``scores`` hold: raw
+            ``"logits"``, or ``"probabilities"`` for routers that return them (Gemma-4 style).
         selection_bias_attr: block-relative path of a per-expert selection bias, if any
             (``"gate.e_score_correction_bias"``).
         shared_expert_attrs: block attributes of shared (always-on) experts.

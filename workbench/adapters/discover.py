@@ -74,7 +74,7 @@ def router_child(block: torch.nn.Module) -> str | None:
 
 def expert_count(experts: torch.nn.Module) -> int:
     """Experts held by an experts module (fused ``[E, ...]`` tensors or a list of modules)."""
-    for attr in ("num_experts", "num_local_experts", "n_routed_experts"):
+    for attr in ("num_routed_experts", "num_experts", "num_local_experts", "n_routed_experts"):
         value = getattr(experts, attr, None)
         if isinstance(value, int) and value > 0:
             return value

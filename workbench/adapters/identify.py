@@ -93,6 +93,7 @@ def identify(model: torch.nn.Module, *, use_cache: bool = True) -> Adapter:
         block_attr=_one(structure.block_attrs), router_attr=structure.router_attr,
         experts_attr=structure.experts_attr, router_io="experts_call", selection_bias_attr=bias_attr,
         shared_expert_attrs=structure.shared_expert_attrs, text_config=lambda c: c.get_text_config(),
+        router_output="probabilities" if rule.scoring == "probabilities" else "logits",
         notes="; ".join(notes), origin="identified")
     _CACHE[key] = adapter
     return adapter

@@ -112,7 +112,9 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
               "add_special_tokens": add_special_tokens, "edits": [repr(f) for f in lm.probes.edit_frames]}
     key = _fingerprint_inputs(texts, labels, params)
     meta = {"model": lm.name, "adapter": lm.adapter.name, "top_k": lm.top_k, "max_length": max_length,
-            "edits": params["edits"], "input_key": key}
+            "edits": params["edits"], "input_key": key, "scores_unit": lm.adapter.router_output,
+            "weights_unit": "the routing weights the experts received", "layer_names": lm.layer_names,
+            "routed_experts": lm.num_routed_experts}
 
     out = Path(out) if out is not None else None
     done_units = 0
@@ -162,7 +164,11 @@ def pad_batch(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _run_batch(lm, batch, collector, layers, pad_id, want_scores, meta) -> RoutingTrace:
     ids, mask = pad_batch(batch, pad_id)
     collector.calls.clear()
-    lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), use_cache=False)
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    # an encoder-decoder reads the text in its encoder and, teacher-forced, in its decoder: both
+    # stacks' layers route the same tokens (lm.layer_names says which layer is which)
+    extra = {"decoder_input_ids": ids, "decoder_attention_mask": mask} if lm.model.config.is_encoder_decoder else {}
+    lm.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra)
     keep = mask.reshape(-1).bool()
     idx_l, w_l, sc_l = [], [], []
     for layer in layers:
