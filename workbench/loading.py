@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from workbench.adapters import Adapter, UnsupportedModelError, adapter_for, registered_model_types, supported_model_types
-from workbench.adapters.discover import config_mentions_experts, is_hash_router
+from workbench.adapters.discover import DiscoveryError, config_mentions_experts, expert_count, is_hash_router
 
 #: config key of dynamic-skipping thresholds ``{layer: beta}`` saved with a checkpoint (workbench.pruning)
 SKIP_CONFIG_KEY = "workbench_skip_beta"
@@ -60,12 +60,11 @@ class MoEModel:
         self.layer_names = {layer: names[layer] for layer in self.moe_layers}
         self.hash_layers = [layer for layer in self.moe_layers if is_hash_router(self.router(layer))]
         self.num_routed_experts = self.num_experts
-        try:
-            from workbench.adapters.discover import expert_count
-
-            self.num_routed_experts = min(self.num_experts, expert_count(self.experts(self.moe_layers[0])))
-        except (ValueError, IndexError):
-            pass
+        if self.moe_layers:
+            try:
+                self.num_routed_experts = min(self.num_experts, expert_count(self.experts(self.moe_layers[0])))
+            except DiscoveryError:  # an experts module of a registered family that holds no count
+                pass
         if not self.moe_layers:
             raise UnsupportedModelError(
                 f"{type(model).__name__} ({config.model_type}) has no MoE layers: every decoder layer "

@@ -36,6 +36,7 @@ from workbench.adapters.base import Adapter
 from workbench.adapters.discover import DiscoveryError, Structure, _router_width, find_structure, is_hash_router
 from workbench.kernels.routing import route
 from workbench.kernels.rules import RoutingRule
+from workbench.probes import seams
 
 PROBE_SHAPE = (2, 24)
 SCORING_ORDER = ("softmax", "sigmoid", "topk_softmax", "topk_sigmoid", "sqrtsoftplus", "probabilities")
@@ -225,9 +226,7 @@ def _one_pass(model, structure: Structure, blocks, layers) -> list[LayerSample]:
             got.setdefault(i, {})["logits"] = logits.detach().reshape(-1, logits.shape[-1]).float()
 
         def on_experts(module, args, kwargs, i=i):
-            names = ("hidden_states", "top_k_index", "top_k_weights")
-            values = list(args) + [kwargs.get(n) for n in names[len(args):]]
-            got.setdefault(i, {})["call"] = values[:3]
+            got.setdefault(i, {})["call"] = list(seams.experts_call_args(args, kwargs))
         block = blocks[i]
         handles.append(block.get_submodule(structure.router_attr).register_forward_hook(on_router))
         handles.append(block.get_submodule(structure.experts_attr).register_forward_pre_hook(on_experts, with_kwargs=True))

@@ -34,6 +34,7 @@ import warnings
 import torch
 
 from workbench.families.matrix import FIELDS
+from workbench.probes import seams
 
 EDIT_NAMES = ("Mask", "Mask-empty", "Force", "KeepRank", "TopK", "TopP", "Skip")
 
@@ -45,8 +46,6 @@ class _ExpertsTap:
 
     def __init__(self, lm):
         self.lm, self.calls, self.logits, self.handles = lm, {}, {}, []
-        from workbench.probes import seams
-
         self.at_experts = seams.at_experts(lm.adapter.router_io)
 
     def __enter__(self):
@@ -58,16 +57,12 @@ class _ExpertsTap:
 
     def _experts(self, layer):
         def hook(module, args, kwargs):
-            from workbench.probes import seams
-
-            values = list(args) + [kwargs.get(n) for n in ("hidden_states", "top_k_index", "top_k_weights")[len(args):]]
-            idx, w = seams.from_experts_args(self.lm.adapter.router_io, values[1], values[2])
+            _, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
+            idx, w = seams.from_experts_args(self.lm.adapter.router_io, idx_arg, w_arg)
             self.calls[layer] = (idx.detach().long().clone(), w.detach().clone())
         return hook
 
     def _router(self, layer):
-        from workbench.probes import seams
-
         def hook(module, args, out):
             io = self.lm.adapter.router_io
             logits, idx, w = seams.unpack(io, out, self.lm.num_experts, self.lm.top_k)

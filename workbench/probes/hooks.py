@@ -137,7 +137,7 @@ class ProbeManager:
         io = self.lm.adapter.router_io
 
         def hook(module, args, kwargs):
-            hidden, idx_arg, w_arg = _experts_args(args, kwargs)
+            hidden, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
             idx, w = seams.from_experts_args(io, idx_arg, w_arg)
             logits = self._pending_logits.pop(layer)
             decision, changed = self._decide_native(layer, logits, idx, w)
@@ -304,12 +304,6 @@ def _pad(d: Decision, k: int, zeros: dict, need_valid: bool = True) -> Decision:
     idx = d.idx.expand(-1, k) if d.k == 1 else torch.cat([d.idx, d.idx[:, :1].expand(-1, pad)], dim=1)
     valid = torch.cat([d.valid, block[1]], dim=1) if need_valid else None
     return Decision(idx, torch.cat([d.w, block[0]], dim=1), valid)
-
-
-def _experts_args(args, kwargs):
-    names = ("hidden_states", "top_k_index", "top_k_weights")
-    values = list(args) + [kwargs[n] for n in names[len(args):]]
-    return values[0], values[1], values[2]
 
 
 def _merge(parts, num_tokens: int) -> Decision:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from workbench.probes import seams
-from workbench.probes.hooks import ProbeManager, _experts_args
+from workbench.probes.hooks import ProbeManager
 from workbench.trace import RoutingTrace
 
 _CACHE = weakref.WeakKeyDictionary()  # MoEModel -> its nnsight model
@@ -251,7 +251,7 @@ def _visit(nn_model, lm, decider: ProbeManager, layers, scores: bool) -> dict[in
         if seams.at_experts(io):  # DBRX, identified families: edit the experts call
             experts = _envoy(nn_model, lm.experts(layer))
             args, kwargs = experts.inputs
-            x, idx_arg, w_arg = _experts_args(args, kwargs)
+            x, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
             idx, w = seams.from_experts_args(io, idx_arg, w_arg)
         if len(shape) > 1 and shape[0] * shape[1] != logits.shape[0]:
             raise RuntimeError(

@@ -21,6 +21,16 @@ def at_experts(router_io: str) -> bool:
     return router_io in EXPERTS_SEAMS
 
 
+EXPERTS_ARG_NAMES = ("hidden_states", "top_k_index", "top_k_weights")
+
+
+def experts_call_args(args, kwargs):
+    """``(hidden, top_k_index, top_k_weights)`` of an ``experts(...)`` call, positional or keyword
+    (None for an argument the call did not pass)."""
+    values = list(args[:3]) + [kwargs.get(n) for n in EXPERTS_ARG_NAMES[len(args):]]
+    return values[0], values[1], values[2]
+
+
 def from_experts_args(router_io: str, idx_arg: torch.Tensor, w_arg: torch.Tensor):
     """``(idx [T, k], w [T, k])`` from what the block passes to ``experts(x, ·, ·)``.
 
