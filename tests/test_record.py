@@ -95,7 +95,7 @@ def test_incremental_recording_resumes_after_interruption(tiny, tmp_path):
             wb.record(lm, texts, labels=labels, batch_size=2, out=out, progress=False)
     finally:
         handle.remove()
-    assert len(list((out / "shards").glob("*-*"))) == 3
+    assert len(list((out / "shards").glob("part-*.parquet"))) == 3
     assert not lm.probes.active
 
     counted = {"n": 0}
@@ -105,13 +105,14 @@ def test_incremental_recording_resumes_after_interruption(tiny, tmp_path):
     finally:
         handle.remove()
     assert counted["n"] == 2, "only the two missing batches run again"
+    assert isinstance(resumed, wb.StoredTrace)
+    resumed = resumed.materialize()
     for name in ("topk_idx", "token_ids", "doc", "pos"):
         assert np.array_equal(getattr(resumed, name), getattr(full, name)), name
-    assert np.allclose(resumed.topk_w, full.topk_w)
+    assert np.array_equal(resumed.topk_w, full.topk_w.astype(np.float16).astype(np.float32))
     assert resumed.doc_labels == labels
-    assert not (out / "shards").exists()
     again = wb.record(lm, texts, labels=labels, batch_size=2, out=out, progress=False)
-    assert np.array_equal(again.topk_idx, full.topk_idx)
+    assert np.array_equal(again.materialize().topk_idx, full.topk_idx)
     with pytest.raises(ValueError, match="other texts"):
         wb.record(lm, texts[:3], batch_size=2, out=out, progress=False)
 

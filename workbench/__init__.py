@@ -17,6 +17,7 @@ from workbench.kernels import RoutingRule
 from workbench.loading import MoEModel, describe, load, wrap
 from workbench.probes import Force, KeepRank, Mask, Skip, Spec, TopK, TopP, edit, record
 from workbench.pruning import Pruner, PruningResult, SkipCalibration, calibrate_skipping, prune_model
+from workbench.store import StoreBusyError, StoredTrace, StoreError, convert_trace, open_trace
 from workbench.trace import RoutingTrace, TraceMismatchError
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "TopK", "TopP", "TraceMismatchError", "UnsupportedModelError", "edit", "get_adapter", "load",
     "record", "register", "supported_model_types", "wrap",
     "Pruner", "PruningResult", "SkipCalibration", "calibrate_skipping", "prune_model",
+    "StoreBusyError", "StoreError", "StoredTrace", "convert_trace", "open_trace",
 ]

@@ -36,8 +36,37 @@ class TraceMismatchError(ValueError):
     """A trace does not belong to the model (or other trace) it is used with."""
 
 
+class TraceMethods:
+    """What the in-memory and the stored trace share (needs ``layers``, ``token_ids``, ``doc``,
+    ``token_text``, ``doc_labels``, ``fingerprint``, ``meta``)."""
+
+    def layer_index(self, layer: int) -> int:
+        """Position of decoder layer ``layer`` in the ``L`` axis."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
+        return self.layers.index(layer)
+
+    def tokens(self) -> list[str]:
+        """The text of every recorded token, in order."""
+        return [self.token_text.get(int(t), f"<{int(t)}>") for t in self.token_ids]
+
+    def labels(self) -> np.ndarray:
+        """``[T]`` the document label of every token (object array, None when unlabelled)."""
+        doc_labels = np.array(list(self.doc_labels) + [None], dtype=object)
+        return doc_labels[np.minimum(self.doc, len(self.doc_labels))] if self.doc_labels else \
+            np.full(self.num_tokens, None, dtype=object)
+
+    def check_model(self, lm) -> None:
+        """Raise :class:`TraceMismatchError` unless the trace was recorded on ``lm``."""
+        if lm.fingerprint != self.fingerprint:
+            raise TraceMismatchError(
+                f"this trace was recorded on another model ({self.meta.get('model', '?')}, fingerprint "
+                f"{self.fingerprint}); the model given is {lm.name} (fingerprint {lm.fingerprint}). "
+                "Record the texts again on this model.")
+
+
 @dataclass
-class RoutingTrace:
+class RoutingTrace(TraceMethods):
     """Routing of ``T`` tokens through ``L`` MoE layers.
 
     Attributes:
@@ -109,21 +138,23 @@ class RoutingTrace:
         """The model's own k (may differ from :attr:`k` for edited recordings)."""
         return int(self.meta.get("top_k", self.k))
 
-    def layer_index(self, layer: int) -> int:
-        """Position of decoder layer ``layer`` in the ``L`` axis."""
-        if layer not in self.layers:
-            raise KeyError(f"layer {layer} was not recorded; recorded layers: {self.layers}")
-        return self.layers.index(layer)
+    @property
+    def has_scores(self) -> bool:
+        return self.scores is not None
 
-    def tokens(self) -> list[str]:
-        """The text of every recorded token, in order."""
-        return [self.token_text.get(int(t), f"<{int(t)}>") for t in self.token_ids]
+    def slots(self, layer_pos, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """``(idx [L', n, k], w [L', n, k])`` of some tokens at some layer positions."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return self.topk_idx[list(layer_pos)][:, tokens], self.topk_w[list(layer_pos)][:, tokens]
 
-    def labels(self) -> np.ndarray:
-        """``[T]`` the document label of every token (object array, None when unlabelled)."""
-        doc_labels = np.array(list(self.doc_labels) + [None], dtype=object)
-        return doc_labels[np.minimum(self.doc, len(self.doc_labels))] if self.doc_labels else \
-            np.full(self.num_tokens, None, dtype=object)
+    def materialize(self, max_slots=None) -> "RoutingTrace":
+        """The trace itself (it is in memory already); stored traces return theirs."""
+        return self
+
+    def to_store(self, out):
+        """Write this trace as a store (:mod:`workbench.store`) in ``out`` and open it lazily."""
+        from workbench.store import write_store
+        return write_store(self, out)
 
     # -- views of the data ---------------------------------------------------------------
     def to_dataframe(self, include_empty: bool = False) -> pd.DataFrame:
@@ -169,14 +200,6 @@ class RoutingTrace:
             scores=None if self.scores is None else self.scores[layer_pos][:, keep], meta=dict(self.meta))
 
     # -- model checks and combining ------------------------------------------------------
-    def check_model(self, lm) -> None:
-        """Raise :class:`TraceMismatchError` unless the trace was recorded on ``lm``."""
-        if lm.fingerprint != self.fingerprint:
-            raise TraceMismatchError(
-                f"this trace was recorded on another model ({self.meta.get('model', '?')}, fingerprint "
-                f"{self.fingerprint}); the model given is {lm.name} (fingerprint {lm.fingerprint}). "
-                "Record the texts again on this model.")
-
     @staticmethod
     def concat(traces: list["RoutingTrace"]) -> "RoutingTrace":
         """Join traces of the same model and layers; documents are renumbered in order."""
@@ -227,8 +250,14 @@ class RoutingTrace:
 
     @classmethod
     def load(cls, path) -> "RoutingTrace":
-        """Read a trace written by :meth:`save` (or the folder a recording wrote)."""
+        """Read a trace written by :meth:`save`, or a store (``wb.record(..., out=...)``) into memory.
+
+        Large stores should be opened lazily with :func:`workbench.open_trace` instead.
+        """
         path = Path(path)
+        if (path / "manifest.json").is_file() and not (path / META_FILE).is_file():
+            from workbench.store import open_trace
+            return open_trace(path).materialize()  # a store: read it into memory
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path} holds no routing trace ({META_FILE} missing)")
         meta = json.loads((path / META_FILE).read_text())
@@ -276,6 +305,11 @@ def _pad_k(a: np.ndarray, k: int, fill) -> np.ndarray:
         return a
     pad = np.full(a.shape[:2] + (k - a.shape[2],), fill, dtype=a.dtype)
     return np.concatenate([a, pad], axis=2)
+
+
+def is_stored(trace) -> bool:
+    """Whether ``trace`` is a :class:`~workbench.store.StoredTrace` (on disk) rather than in memory."""
+    return bool(getattr(trace, "is_stored", False))
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.analysis.load import as_counts
+from workbench.trace import is_stored
 
 
 def pair_metrics(counts, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,24 +97,37 @@ def layer_transitions(trace, rank: int | None = 0) -> pd.DataFrame:
         raise ValueError(f"transitions need at least two recorded layers; this trace has {trace.layers}")
     if rank is not None and not 0 <= rank < trace.k:
         raise ValueError(f"rank must be in 0..{trace.k - 1} or None, got {rank}")
-    num_experts = trace.num_experts
+    if is_stored(trace):
+        from workbench.store.analyses import transition_tables
+        return transition_frame(transition_tables(trace, rank), trace.layers)
+    tables = np.stack([transition_counts(trace.topk_idx[pos], trace.topk_idx[pos + 1], rank, trace.num_experts)
+                       for pos in range(len(trace.layers) - 1)])
+    return transition_frame(tables, trace.layers)
+
+
+def transition_counts(src_idx: np.ndarray, dst_idx: np.ndarray, rank: int | None, num_experts: int) -> np.ndarray:
+    """``[E, E]`` counts of expert ``a`` at one layer followed by ``b`` at the next (``[n, k]`` slots each)."""
     slots = slice(None) if rank is None else slice(rank, rank + 1)
+    src = src_idx[:, slots].astype(np.int64)
+    dst = dst_idx[:, slots].astype(np.int64)
+    pair_src = np.repeat(src, dst.shape[1], axis=1)
+    pair_dst = np.tile(dst, (1, src.shape[1]))
+    ok = (pair_src >= 0) & (pair_dst >= 0)
+    return np.bincount(pair_src[ok] * num_experts + pair_dst[ok],
+                       minlength=num_experts * num_experts).reshape(num_experts, num_experts)
+
+
+def transition_frame(tables: np.ndarray, layers) -> pd.DataFrame:
+    """The tidy frame of :func:`layer_transitions` from ``[L-1, E, E]`` transition counts."""
     frames = []
-    for pos in range(len(trace.layers) - 1):
-        src = trace.topk_idx[pos][:, slots].astype(np.int64)
-        dst = trace.topk_idx[pos + 1][:, slots].astype(np.int64)
-        pair_src = np.repeat(src, dst.shape[1], axis=1)
-        pair_dst = np.tile(dst, (1, src.shape[1]))
-        ok = (pair_src >= 0) & (pair_dst >= 0)
-        table = np.bincount(pair_src[ok] * num_experts + pair_dst[ok],
-                            minlength=num_experts * num_experts).reshape(num_experts, num_experts)
+    for pos, table in enumerate(tables):
         row = table.sum(axis=1, keepdims=True)
         share = np.divide(table, row, out=np.zeros(table.shape), where=row > 0)
         col_share = table.sum(axis=0) / max(table.sum(), 1)
         lift = np.divide(share, col_share[None, :], out=np.zeros(table.shape), where=col_share[None, :] > 0)
         e_from, e_to = np.nonzero(table)
         frames.append(pd.DataFrame({
-            "layer_from": trace.layers[pos], "layer_to": trace.layers[pos + 1],
+            "layer_from": layers[pos], "layer_to": layers[pos + 1],
             "expert_from": e_from.astype(np.int64), "expert_to": e_to.astype(np.int64),
             "count": table[e_from, e_to].astype(np.int64), "share": share[e_from, e_to],
             "lift": lift[e_from, e_to]}))

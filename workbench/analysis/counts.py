@@ -113,6 +113,14 @@ class TraceCounts:
         return (self.label_counts[:, groups].sum(axis=1), self.label_weight[:, groups].sum(axis=1),
                 int(self.label_tokens[groups].sum()))
 
+    def routed_sample(self, layer_pos: int, expert: int, labels=None, limit: int = 40):
+        """``(tokens, weights, total)``: the first ``limit`` tokens routed to ``expert`` (any slot) at
+        layer position ``layer_pos``, the weight each gave it, and how many tokens were routed there."""
+        hits = self.routed_to(layer_pos, expert, labels)
+        idx = self.trace.topk_idx[layer_pos, hits[:limit]]
+        w = self.trace.topk_w[layer_pos, hits[:limit]]
+        return hits[:limit], (w * (idx == expert)).max(axis=1, initial=0.0), len(hits)
+
     def routed_to(self, layer_pos: int, expert: int, labels=None) -> np.ndarray:
         """Token indices routed to ``expert`` (any slot) at layer position ``layer_pos``."""
         hit = (self.trace.topk_idx[layer_pos] == expert).any(axis=1)

@@ -27,9 +27,12 @@ from workbench.analysis.counts import TraceCounts
 
 
 def as_counts(trace_or_counts) -> TraceCounts:
-    """A :class:`TraceCounts` for a trace (computed) or a TraceCounts (returned as is)."""
-    if isinstance(trace_or_counts, TraceCounts):
-        return trace_or_counts
+    """A :class:`TraceCounts` for a trace (computed), a stored trace (its cached
+    :class:`~workbench.store.aggregates.StoreCounts`) or counts (returned as is)."""
+    if isinstance(trace_or_counts, TraceCounts) or hasattr(trace_or_counts, "label_counts"):
+        return trace_or_counts  # TraceCounts, or a stored trace's StoreCounts
+    if hasattr(trace_or_counts, "iter_batches") and hasattr(trace_or_counts, "counts"):
+        return trace_or_counts.counts()  # a StoredTrace: cached one-pass aggregates
     if not hasattr(trace_or_counts, "topk_idx"):
         raise TypeError(f"expected a RoutingTrace (from wb.record) or TraceCounts, "
                         f"got {type(trace_or_counts).__name__}")

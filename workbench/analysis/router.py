@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from workbench.kernels import RoutingRule, probabilities
+from workbench.trace import is_stored
 
 CHUNK = 65536
 
@@ -67,23 +68,36 @@ def token_entropy(trace, rule=None) -> pd.DataFrame:
         One row per (layer, token): ``layer``, ``t``, ``entropy`` (nats), ``entropy_norm``,
         ``margin``.
     """
-    scores = require_scores(trace)
     rule = _rule_of(rule)
-    _, num_tokens, num_experts = scores.shape
-    log_e = math.log(num_experts) if num_experts > 1 else 1.0
+    if is_stored(trace):
+        from workbench.store.analyses import stored_token_entropy
+        return stored_token_entropy(trace, rule)
+    scores = require_scores(trace)
     frames = []
     for pos, layer in enumerate(trace.layers):
-        ent = np.empty(num_tokens)
-        margin = np.empty(num_tokens)
-        for start in range(0, num_tokens, CHUNK):
-            z = torch.from_numpy(scores[pos, start:start + CHUNK].astype(np.float32))
-            p = probabilities(z, rule).double()
-            ent[start:start + CHUNK] = -(p * torch.log(p.clamp_min(1e-300))).sum(-1).numpy()
-            top = torch.topk(p, k=min(2, num_experts), dim=-1).values
-            margin[start:start + CHUNK] = (top[:, 0] - top[:, 1]).numpy() if num_experts > 1 else 1.0
-        frames.append(pd.DataFrame({"layer": layer, "t": np.arange(num_tokens, dtype=np.int64),
-                                    "entropy": ent, "entropy_norm": ent / log_e, "margin": margin}))
+        ent, margin = entropy_margin(scores[pos], rule)
+        frames.append(pd.DataFrame({"layer": layer, "t": np.arange(scores.shape[1], dtype=np.int64),
+                                    "entropy": ent, "entropy_norm": ent / _log_e(trace.num_experts),
+                                    "margin": margin}))
     return pd.concat(frames, ignore_index=True)
+
+
+def _log_e(num_experts: int) -> float:
+    return math.log(num_experts) if num_experts > 1 else 1.0
+
+
+def entropy_margin(scores: np.ndarray, rule: RoutingRule) -> tuple[np.ndarray, np.ndarray]:
+    """``(entropy, margin)``, each ``[n]`` float64, of ``[n, E]`` router scores under ``rule``."""
+    num_tokens, num_experts = scores.shape
+    ent = np.empty(num_tokens)
+    margin = np.empty(num_tokens)
+    for start in range(0, num_tokens, CHUNK):
+        z = torch.from_numpy(scores[start:start + CHUNK].astype(np.float32))
+        p = probabilities(z, rule).double()
+        ent[start:start + CHUNK] = -(p * torch.log(p.clamp_min(1e-300))).sum(-1).numpy()
+        top = torch.topk(p, k=min(2, num_experts), dim=-1).values
+        margin[start:start + CHUNK] = (top[:, 0] - top[:, 1]).numpy() if num_experts > 1 else 1.0
+    return ent, margin
 
 
 def router_entropy(trace, rule=None) -> pd.DataFrame:
@@ -93,6 +107,9 @@ def router_entropy(trace, rule=None) -> pd.DataFrame:
         One row per layer: ``layer``, ``tokens``, ``entropy`` (mean, nats), ``entropy_norm`` (mean),
         ``entropy_norm_std``, ``margin`` (mean), ``margin_median``, ``max_entropy`` (``log E``).
     """
+    if is_stored(trace):
+        from workbench.store.analyses import stored_router_entropy
+        return stored_router_entropy(trace, _rule_of(rule))
     frame = token_entropy(trace, rule)
     grouped = frame.groupby("layer", sort=False)
     out = pd.DataFrame({

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.analysis.load import as_counts
+from workbench.trace import is_stored
 
 
 def label_specialization(trace) -> pd.DataFrame:
@@ -109,6 +110,9 @@ def vocab_specialization(trace, min_count: int = 1, top1: bool = False) -> pd.Da
     trace = getattr(trace, "trace", trace)
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
+    if is_stored(trace):
+        from workbench.store.analyses import stored_vocab_specialization
+        return stored_vocab_specialization(trace, min_count, top1)
     num_experts = trace.num_experts
     uniq, inv, occ = np.unique(trace.token_ids, return_inverse=True, return_counts=True)
     keep = occ >= min_count

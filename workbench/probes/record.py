@@ -1,16 +1,19 @@
-"""Recording a corpus into a :class:`~workbench.trace.RoutingTrace`.
+"""Recording a corpus into a trace: in memory (:class:`~workbench.trace.RoutingTrace`) or on disk.
 
 Texts are tokenised in full and split into chunks of at most ``max_length`` tokens (never silently
 truncated); chunks are batched with right padding and padding is excluded from the trace. With
-``out``, every batch is written to ``out/shards/`` as it completes, so an interrupted run started
-again with the same arguments resumes after the last written batch and loses nothing.
+``out``, every batch is written as one Parquet shard of a store (:mod:`workbench.store`) as it
+completes and nothing is kept in memory: an interrupted run started again with the same arguments
+resumes after the last finished shard and yields exactly the uninterrupted store. On a GPU the
+routing of a batch is gathered on the device and copied to the host in one asynchronous copy, written
+while the next batch runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.probes.seams import in_rank_order
-from workbench.trace import META_FILE, RoutingTrace, as_numpy
+from workbench.store.layout import label_json
+from workbench.trace import RoutingTrace
 
 
 class _Collector:
@@ -52,16 +56,17 @@ def _default_max_length(lm) -> int:
 
 
 def _fingerprint_inputs(texts, labels, params) -> str:
-    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    """A key of the inputs that differs whenever they differ (``1`` vs ``"1"``, separators in texts)."""
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for text, label in zip(texts, labels):
-        h.update(text.encode())
-        h.update(b"\0" + str(label).encode() + b"\0")
-    return h.hexdigest()[:16]
+        item = json.dumps([text, label_json(label)], ensure_ascii=False).encode("utf-8", "surrogatepass")
+        h.update(len(item).to_bytes(8, "little") + item)
+    return h.hexdigest()[:32]
 
 
 def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | None = None,
            scores: bool = False, layers=None, out=None, progress: bool = True,
-           add_special_tokens: bool = True) -> RoutingTrace:
+           add_special_tokens: bool = True):
     """Record which experts every token is routed to.
 
     Args:
@@ -72,13 +77,16 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
         max_length: chunk length in tokens (default: the model's context, at most 2048).
         scores: also keep the full ``[L, T, E]`` router logits (float16).
         layers: decoder-layer indices to record (default: every MoE layer).
-        out: a directory; the recording is written there incrementally and resumed if interrupted.
+        out: a folder: the recording is written there as a store, one Parquet shard per batch, with no
+            routing kept in memory; run again with the same arguments it resumes an interrupted
+            recording (or opens the finished one). Corpus-scale traces should always use it.
         progress: show a progress bar.
         add_special_tokens: let the tokenizer add its special tokens (e.g. BOS).
 
     Returns:
-        The :class:`~workbench.trace.RoutingTrace`. Active :func:`~workbench.edit` blocks apply:
-        what is recorded is the routing the model actually used.
+        A :class:`~workbench.trace.RoutingTrace` (in memory), or with ``out`` the
+        :class:`~workbench.store.StoredTrace` of the store (opened lazily). Active
+        :func:`~workbench.edit` blocks apply: what is recorded is the routing the model actually used.
 
     Example:
         >>> import workbench as wb
@@ -100,6 +108,11 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
             raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
         if not text.strip():
             raise ValueError(f"text {i} is empty; remove it or give it content")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 1):
+        raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
     labels = [None] * len(texts) if labels is None else list(labels)
     if len(labels) != len(texts):
         raise ValueError(f"{len(labels)} labels for {len(texts)} texts: give one label per text")
@@ -116,37 +129,87 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
             "weights_unit": "the routing weights the experts received", "layer_names": lm.layer_names,
             "routed_experts": lm.num_routed_experts}
 
-    out = Path(out) if out is not None else None
-    done_units = 0
-    if out is not None:
-        done_units = _prepare_out(out, key)
-        if done_units < 0:
-            return RoutingTrace.load(out)
-
+    if out is not None and _finished(Path(out), key):
+        from workbench.store import open_trace
+        return open_trace(out)
     units = _units(lm, texts, max_length, add_special_tokens)
-    shards: list[RoutingTrace] = _load_shards(out) if out is not None else []
     collector = _Collector(layers)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    if out is not None:
+        return _record_to_store(lm, Path(out), units, labels, layers, key, meta, scores, batch_size, collector,
+                                pad_id, progress)
+    shards = []
     bar = tqdm(total=sum(len(u[2]) for u in units), desc="recording", unit="tok", disable=not progress)
-    bar.update(sum(len(u[2]) for u in units[:done_units]))
     lm.probes.add_listener(collector)
     try:
-        for start in range(done_units, len(units), batch_size):
+        for start in range(0, len(units), batch_size):
             batch = units[start:start + batch_size]
-            shard = _run_batch(lm, batch, collector, layers, pad_id, scores, meta)
-            if out is not None:
-                _write_shard(out, shard, start, start + len(batch))
-            shards.append(shard)
+            shards.append(_host_arrays(_run_batch(lm, batch, collector, layers, pad_id, scores)))
             bar.update(sum(len(u[2]) for u in batch))
     finally:
         lm.probes.remove_listener(collector)
         bar.close()
+    return _merge(shards, lm, layers, labels, meta, scores, _token_text(lm, units))
 
-    trace = _merge(shards, lm, layers, labels, meta, scores)
-    if out is not None:
-        trace.save(out)
-        shutil.rmtree(out / "shards", ignore_errors=True)
-    return trace
+
+def _record_to_store(lm, out, units, labels, layers, key, meta, scores, batch_size, collector, pad_id, progress):
+    from workbench.store import open_trace
+    from workbench.store.writer import StoreWriter
+
+    tokens_per_doc = np.zeros(len(labels), dtype=np.int64)
+    for doc, _, ids in units:
+        tokens_per_doc[doc] += len(ids)
+    header = {"fingerprint": lm.fingerprint, "layers": layers, "num_experts": lm.num_experts, "k": lm.top_k,
+              "scores": bool(scores), "meta": meta, "batch_size": batch_size, "units": len(units)}
+    writer = StoreWriter(out, key=key, header=header, labels=labels, tokens_per_doc=tokens_per_doc)
+    try:
+        if not writer.complete:
+            if writer.batch_size not in (None, batch_size):
+                warnings.warn(f"{out} was started with batch_size={writer.batch_size}; resuming with it so "
+                              "that the store equals an uninterrupted recording", stacklevel=3)
+                batch_size = writer.batch_size
+            done = writer.done_units
+            bar = tqdm(total=int(tokens_per_doc.sum()), desc="recording", unit="tok", disable=not progress)
+            bar.update(sum(len(u[2]) for u in units[:done]))
+            pending = None
+            lm.probes.add_listener(collector)
+            try:
+                for start in range(done, len(units), batch_size):
+                    batch = units[start:start + batch_size]
+                    captured = _run_batch(lm, batch, collector, layers, pad_id, scores)
+                    if pending is not None:  # written while this batch's forward runs on the device
+                        finished, pending = pending, None
+                        _write(writer, *finished)
+                    pending = (start, batch, captured)
+                    bar.update(sum(len(u[2]) for u in batch))
+            finally:
+                lm.probes.remove_listener(collector)
+                bar.close()
+                if pending is not None:  # a batch that finished is kept, even when a later one failed
+                    _write(writer, *pending)
+            writer.finish(_token_text(lm, units))
+    finally:
+        writer.close()
+    return open_trace(out)
+
+
+def _finished(out: Path, key: str) -> bool:
+    """Whether ``out`` holds the finished store of exactly these inputs."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(manifest.get("complete")) and manifest.get("input_key") == key
+
+
+def _write(writer, start, batch, captured) -> None:
+    idx, w, sc, docs, pos, token_ids = _host_arrays(captured)
+    writer.add_shard((start, start + len(batch)), docs, pos, token_ids, idx, w, sc)
+
+
+def _token_text(lm, units) -> dict:
+    ids = np.unique(np.concatenate([np.asarray(u[2], dtype=np.int64) for u in units]))
+    return {int(t): lm.tokenizer.decode([int(t)]) for t in ids}
 
 
 def pad_batch(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +224,8 @@ def pad_batch(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _run_batch(lm, batch, collector, layers, pad_id, want_scores, meta) -> RoutingTrace:
+def _run_batch(lm, batch, collector, layers, pad_id, want_scores) -> dict:
+    """Run one batch; its routing gathered on the device, with one asynchronous copy to the host started."""
     ids, mask = pad_batch(batch, pad_id)
     collector.calls.clear()
     ids, mask = ids.to(lm.device), mask.to(lm.device)
@@ -177,67 +241,50 @@ def _run_batch(lm, batch, collector, layers, pad_id, want_scores, meta) -> Routi
         logits, idx, w, valid = collector.calls[layer]
         idx, w, valid = in_rank_order(idx, w, valid)
         keep_d = keep.to(idx.device)
-        idx_l.append(as_numpy(torch.where(valid, idx, torch.full_like(idx, -1))[keep_d]).astype(np.int16))
-        w_l.append(as_numpy(torch.where(valid, w.float(), torch.zeros_like(w, dtype=torch.float32))[keep_d]))
+        idx_l.append(torch.where(valid, idx, torch.full_like(idx, -1))[keep_d].to(torch.int16))
+        w_l.append(torch.where(valid, w.float(), torch.zeros_like(w, dtype=torch.float32))[keep_d])
         if want_scores:
-            sc_l.append(as_numpy(logits.float()[keep_d]).astype(np.float16))
+            sc_l.append(logits.float()[keep_d].to(torch.float16))
     k = max(a.shape[1] for a in idx_l)
-    idx_arr = np.stack([np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=-1) for a in idx_l])
-    w_arr = np.stack([np.pad(a, ((0, 0), (0, k - a.shape[1]))) for a in w_l])
+    device = idx_l[0].device
+    idx_all = torch.stack([torch.nn.functional.pad(a.to(device), (0, k - a.shape[1]), value=-1) for a in idx_l])
+    w_all = torch.stack([torch.nn.functional.pad(a.to(device), (0, k - a.shape[1])) for a in w_l])
+    tensors = {"idx": idx_all, "w": w_all}
+    if want_scores:
+        tensors["scores"] = torch.stack([a.to(device) for a in sc_l])
+    if device.type == "cuda":  # one bulk, asynchronous copy per batch into pinned memory
+        host = {}
+        for name, t in tensors.items():
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            host[name] = buf
+        event = torch.cuda.Event()
+        event.record()
+        tensors = dict(host, event=event)
     docs = np.concatenate([np.full(len(u[2]), u[0]) for u in batch])
     pos = np.concatenate([np.arange(u[1], u[1] + len(u[2])) for u in batch])
     token_ids = np.concatenate([np.asarray(u[2]) for u in batch])
-    text = {int(t): lm.tokenizer.decode([int(t)]) for t in np.unique(token_ids)}
-    return RoutingTrace(idx_arr, w_arr, token_ids, docs, pos, layers, lm.num_experts, lm.fingerprint,
-                        token_text=text, scores=np.stack(sc_l) if want_scores else None, meta=meta)
+    return dict(tensors, docs=docs, pos=pos, token_ids=token_ids)
 
 
-def _merge(shards, lm, layers, labels, meta, want_scores) -> RoutingTrace:
-    k = max(s.k for s in shards)
+def _host_arrays(captured: dict):
+    """``(idx, w, scores or None, docs, pos, token_ids)`` as numpy, waiting for the copy if needed."""
+    if "event" in captured:
+        captured["event"].synchronize()
+    sc = captured.get("scores")
+    return (captured["idx"].numpy(), captured["w"].numpy(), None if sc is None else sc.numpy(),
+            captured["docs"], captured["pos"], captured["token_ids"])
 
-    def cat(name, fill):
-        parts = [getattr(s, name) for s in shards]
-        if parts[0].ndim == 3 and name != "scores":
+
+def _merge(shards, lm, layers, labels, meta, want_scores, token_text) -> RoutingTrace:
+    k = max(s[0].shape[2] for s in shards)
+
+    def cat(i, fill):
+        parts = [s[i] for s in shards]
+        if parts[0].ndim == 3 and i < 2:
             parts = [np.pad(p, ((0, 0), (0, 0), (0, k - p.shape[2])), constant_values=fill) for p in parts]
         return np.concatenate(parts, axis=1 if parts[0].ndim == 3 else 0)
 
-    text = {}
-    for s in shards:
-        text.update(s.token_text)
-    return RoutingTrace(cat("topk_idx", -1), cat("topk_w", 0.0), cat("token_ids", 0), cat("doc", 0),
-                        cat("pos", 0), layers, lm.num_experts, lm.fingerprint, token_text=text,
-                        doc_labels=labels, scores=cat("scores", 0.0) if want_scores else None, meta=meta)
-
-
-def _prepare_out(out: Path, key: str) -> int:
-    """Units already recorded in ``out`` (-1 = the whole recording is there)."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = out / "recording.json"
-    if stamp.exists():
-        previous = json.loads(stamp.read_text()).get("input_key")
-        if previous != key:
-            raise ValueError(f"{out} holds a recording of other texts, model or settings; "
-                             "choose another directory or delete it")
-        if (out / META_FILE).exists():
-            return -1
-    else:
-        if any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and holds no recording; choose an empty directory")
-        stamp.write_text(json.dumps({"input_key": key}))
-    shards = sorted((out / "shards").glob("*-*")) if (out / "shards").exists() else []
-    return max((int(p.name.split("-")[1]) for p in shards if (p / META_FILE).exists()), default=0)
-
-
-def _write_shard(out: Path, shard: RoutingTrace, start: int, end: int) -> None:
-    final = out / "shards" / f"{start:08d}-{end:08d}"
-    tmp = out / "shards" / f".tmp-{start:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shard.save(tmp)
-    tmp.rename(final)
-
-
-def _load_shards(out: Path) -> list[RoutingTrace]:
-    folder = out / "shards"
-    if not folder.exists():
-        return []
-    return [RoutingTrace.load(p) for p in sorted(folder.glob("*-*")) if (p / META_FILE).exists()]
+    return RoutingTrace(cat(0, -1), cat(1, 0.0), cat(5, 0), cat(3, 0), cat(4, 0), layers, lm.num_experts,
+                        lm.fingerprint, token_text=token_text, doc_labels=labels,
+                        scores=cat(2, 0.0) if want_scores else None, meta=meta)

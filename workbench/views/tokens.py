@@ -74,8 +74,7 @@ def token_heatmap_data(trace, doc: int = 0, *, layers=None, start: int = 0, max_
     layer_pos = [trace.layer_index(x) for x in layers]
     index = (counts if counts is not None else trace)
     index = doc_token_index(index, doc)[max(start, 0):max(start, 0) + max_tokens]
-    idx = trace.topk_idx[layer_pos][:, index]  # [L', n, k]
-    w = trace.topk_w[layer_pos][:, index]
+    idx, w = trace.slots(layer_pos, index)  # [L', n, k] each; a stored trace reads only these rows
     z = idx[:, :, rank].astype(np.float64)
     z[z < 0] = np.nan
     text = [escape_token(trace.token_text.get(int(t), f"<{int(t)}>")) for t in trace.token_ids[index]]

@@ -30,35 +30,54 @@ class TokenContext:
         self.window = window
         self.where = np.empty(counts.num_tokens, dtype=np.int64)
         self.where[counts.doc_order] = np.arange(counts.num_tokens)
-        self.text = np.array([escape_token(s) for s in self.trace.tokens()], dtype=object)
+        self.token_ids = self.trace.token_ids
+        self._docs = self.trace.doc
+        self._pos = self.trace.pos
+        self._escaped: dict[int, str] = {}
+
+    def _text(self, tokens) -> str:
+        out = []
+        for t in np.atleast_1d(tokens):
+            tid = int(self.token_ids[t])
+            if tid not in self._escaped:
+                self._escaped[tid] = escape_token(self.trace.token_text.get(tid, f"<{tid}>"))
+            out.append(self._escaped[tid])
+        return "".join(out)
 
     def neighbours(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Token indices before and after token ``t`` in its document (up to ``window`` each)."""
         c = self.counts
-        doc = int(self.trace.doc[t])
+        doc = int(self._docs[t])
         lo, hi = c.doc_start[doc], c.doc_start[doc + 1]
         w = self.where[t]
         return c.doc_order[max(lo, w - self.window):w], c.doc_order[w + 1:min(hi, w + 1 + self.window)]
 
     def html(self, tokens, layer_pos: int, expert: int | None = None, limit: int = 40,
-             heading: str = "") -> str:
-        """An HTML block listing up to ``limit`` of ``tokens`` in context (all text escaped)."""
+             heading: str = "", weights=None, total: int | None = None) -> str:
+        """An HTML block listing up to ``limit`` of ``tokens`` in context (all text escaped).
+
+        ``weights`` (one per token) saves reading them; ``total`` is how many tokens there are in all
+        when ``tokens`` is only the first of them.
+        """
         tokens = np.asarray(tokens, dtype=np.int64)
+        total = len(tokens) if total is None else int(total)
         labels = self.trace.doc_labels
+        if weights is None:
+            slot_e, slot_w = self.trace.slots([layer_pos], tokens[:limit])
+            weights = slot_w[0][:, 0] if expert is None else (slot_w[0] * (slot_e[0] == expert)).max(axis=1, initial=0.0)
+        docs, positions = self._docs, self._pos
         rows = []
-        for t in tokens[:limit]:
+        for t, weight in zip(tokens[:limit], weights):
             before, after = self.neighbours(int(t))
-            slot_e, slot_w = self.trace.topk_idx[layer_pos, t], self.trace.topk_w[layer_pos, t]
-            weight = float(slot_w[slot_e == expert][0]) if expert is not None and (slot_e == expert).any() \
-                else float(slot_w[0])
-            doc = int(self.trace.doc[t])
+            doc = int(docs[t])
             label = f" [{html.escape(str(labels[doc]))}]" if labels and labels[doc] is not None else ""
             rows.append(
                 "<div style='font-family:monospace;white-space:pre'>"
-                f"<span style='color:#555'>{''.join(self.text[before])}</span>"
-                f"<mark style='background:#56B4E9;color:#000'>{self.text[t]}</mark>"
-                f"<span style='color:#555'>{''.join(self.text[after])}</span>"
-                f"  <small style='color:#777'>doc {doc}{label}, pos {int(self.trace.pos[t])}, "
-                f"weight {weight:.2f}</small></div>")
-        more = f"<div><small>… and {len(tokens) - limit} more</small></div>" if len(tokens) > limit else ""
+                f"<span style='color:#555'>{self._text(before)}</span>"
+                f"<mark style='background:#56B4E9;color:#000'>{self._text(t)}</mark>"
+                f"<span style='color:#555'>{self._text(after)}</span>"
+                f"  <small style='color:#777'>doc {doc}{label}, pos {int(positions[t])}, "
+                f"weight {float(weight):.2f}</small></div>")
+        shown = min(limit, len(tokens))
+        more = f"<div><small>… and {total - shown} more</small></div>" if total > shown else ""
         return f"<div>{heading}{''.join(rows) or '<i>no tokens</i>'}{more}</div>"

@@ -27,7 +27,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.analysis import TraceCounts, expert_norm_stats, pair_metrics
+from workbench.analysis import expert_norm_stats, pair_metrics
+from workbench.analysis.load import as_counts
+from workbench.trace import is_stored
 from workbench.views._style import PALETTE, escape_token, style
 from workbench.widgets.export_bar import ExportBar
 
@@ -36,7 +38,7 @@ class ExpertCard(W.VBox):
     """One expert's card. Set ``card.layer.value`` / ``card.expert.value`` to move to another.
 
     Args:
-        trace: a :class:`~workbench.trace.RoutingTrace`.
+        trace: a :class:`~workbench.trace.RoutingTrace` or a :class:`~workbench.store.StoredTrace`.
         layer: decoder layer (default: the first recorded).
         expert: expert id.
         norms: optional :func:`~workbench.analysis.expert_output_norms` table.
@@ -48,9 +50,10 @@ class ExpertCard(W.VBox):
     def __init__(self, trace, layer: int | None = None, expert: int = 0, *, norms: pd.DataFrame | None = None,
                  counts=None, top: int = 15, export_dir="exports"):
         self.trace = trace
-        self.counts = counts if counts is not None else TraceCounts(trace)
+        self.counts = counts if counts is not None else as_counts(trace)
         self.top = top
-        self.uniq, self.inv, self.occ = np.unique(trace.token_ids, return_inverse=True, return_counts=True)
+        if not is_stored(trace):
+            self.uniq, self.inv, self.occ = np.unique(trace.token_ids, return_inverse=True, return_counts=True)
         self._pairs: dict[int, np.ndarray] = {}
         self._norm_setup(norms)
         layer = trace.layers[0] if layer is None else int(layer)
@@ -113,6 +116,9 @@ class ExpertCard(W.VBox):
     def top_tokens(self) -> pd.DataFrame:
         """The expert's most frequent tokens: ``token_id``, ``token``, ``routed``, ``occurrences``,
         ``share_of_token`` (of the token's occurrences routed here), ``share_of_expert``."""
+        if is_stored(self.trace):
+            from workbench.store.analyses import expert_tokens
+            return expert_tokens(self.trace, self.layer.value, self.expert.value, top=self.top)
         pos = self.trace.layer_index(self.layer.value)
         hits = self.counts.routed_to(pos, self.expert.value)
         routed = np.bincount(self.inv[hits], minlength=len(self.uniq))

@@ -31,8 +31,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench.analysis import TraceCounts
-from workbench.analysis.load import load_table
+from workbench.analysis.load import as_counts, load_table
 from workbench.views._style import RATIO, SEQUENTIAL, escape_token
 from workbench.views.experts import LOAD_METRICS, load_heatmap
 from workbench.views.tokens import CELL_TEXT_MAX, token_heatmap, token_heatmap_data, token_ticks
@@ -47,10 +46,11 @@ METRIC_LABELS = dict(LOAD_METRICS, lift="label share / corpus share")
 
 
 class RoutingExplorer(W.VBox):
-    """Interactive routing explorer over one :class:`~workbench.trace.RoutingTrace`.
+    """Interactive routing explorer over a :class:`~workbench.trace.RoutingTrace` or a stored trace.
 
     Args:
-        trace: the trace.
+        trace: the trace: in memory, or a :class:`~workbench.store.StoredTrace` (controls then answer
+            from its cached aggregates and read only the shown document's rows).
         max_tokens: token-map window length.
         export_dir: default folder of the export bar.
         counts: the trace's :class:`~workbench.analysis.TraceCounts`, if already computed.
@@ -62,7 +62,7 @@ class RoutingExplorer(W.VBox):
 
     def __init__(self, trace, *, max_tokens: int = 64, export_dir="exports", counts=None):
         self.trace = trace
-        self.counts = counts if counts is not None else TraceCounts(trace)
+        self.counts = counts if counts is not None else as_counts(trace)
         self.max_tokens = max_tokens
         self.ctx = TokenContext(self.counts)
         self.selected: tuple[int, int] | None = None
@@ -191,12 +191,13 @@ class RoutingExplorer(W.VBox):
         pos = self.trace.layer_index(layer)
         if not 0 <= expert < self.trace.num_experts:
             raise ValueError(f"expert {expert} out of range 0..{self.trace.num_experts - 1}")
-        hits = self.counts.routed_to(pos, expert, self._chosen_labels())
+        hits, weights, total = self.counts.routed_sample(pos, expert, self._chosen_labels(), limit=limit)
         self.selected = (layer, expert)
         what = "" if self.label.value == ALL else f" with label {html.escape(self.label.value)}"
-        head = (f"<b>{len(hits)} tokens routed to expert {expert} at layer {layer}{what}</b> "
-                f"(showing {min(limit, len(hits))})<br>")
-        self.context.value = self.ctx.html(hits, pos, expert=expert, limit=limit, heading=head)
+        head = (f"<b>{total} tokens routed to expert {expert} at layer {layer}{what}</b> "
+                f"(showing {len(hits)})<br>")
+        self.context.value = self.ctx.html(hits, pos, expert=expert, limit=limit, heading=head, weights=weights,
+                                           total=total)
 
     # -- export -------------------------------------------------------------------------
     def current_table(self) -> pd.DataFrame:
