@@ -51,3 +51,4 @@ def test_notebook_runs(path, tmp_path):
         text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
         assert "notebook finished" in text
         assert (tmp_path / "report" / "01_routing" / "expert_load.csv").is_file()
+        assert (tmp_path / "report" / "01_routing" / "trace" / "manifest.json").is_file()  # recorded into a store

@@ -1,7 +1,9 @@
 """Command line: ``python -m workbench <command> ...``.
 
 Commands:
-    record    record a text file's routing into a trace folder.
+    record    record a text file's routing into a trace store (Parquet shards; resumable).
+    analyse   every routing analysis of one or more trace stores, as CSV tables.
+    sql       run a DuckDB SQL query over trace stores (views: routing, tokens, docs, vocab).
     demo      the main job: record the demo model's held-out corpus and write a report folder.
     info      print what the workbench knows about a model.
     steer     rank experts by contrasting two prompt sets, switch them off/on, measure vs random.
@@ -31,6 +33,31 @@ def _cmd_record(args) -> int:
     trace = wb.record(lm, texts, labels=labels, batch_size=args.batch_size, max_length=args.max_length,
                       scores=args.scores, out=args.out, progress=not args.quiet)
     print(f"{trace!r}\nwritten to {args.out}")
+    return 0
+
+
+def _cmd_analyse(args) -> int:
+    import workbench as wb
+    from workbench.export import save_table
+    from workbench.report import analyse
+
+    trace = wb.open_trace(args.traces)
+    print(repr(trace))
+    out = Path(args.out)
+    for name, frame in analyse(trace).items():
+        print(f"written: {save_table(frame, out / f'{name}.csv')}  ({len(frame)} rows)")
+    return 0
+
+
+def _cmd_sql(args) -> int:
+    import workbench as wb
+
+    frame = wb.open_trace(args.traces).sql(args.query).df()
+    if args.out:
+        frame.to_csv(args.out, index=False, lineterminator="\n")
+        print(f"written: {args.out} ({len(frame)} rows)")
+    else:
+        print(frame.to_string(index=False, max_rows=args.max_rows))
     return 0
 
 
@@ -178,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="record routing of texts into a trace folder")
     rec.add_argument("--model", required=True, help='"demo", a checkpoint folder, or a hub id')
     rec.add_argument("--texts", required=True, help=".txt (one text a line) or .jsonl (text, label)")
-    rec.add_argument("--out", required=True, help="trace folder (resumes if interrupted)")
+    rec.add_argument("--out", required=True, help="store folder (written shard by shard; run again to resume)")
     rec.add_argument("--batch-size", type=int, default=8)
     rec.add_argument("--max-length", type=int, default=None)
     rec.add_argument("--scores", action="store_true", help="also keep full router logits")
@@ -186,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--trust-remote-code", action="store_true")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_cmd_record)
+
+    ana = sub.add_parser("analyse", help="every routing analysis of trace stores, as CSV tables")
+    ana.add_argument("traces", nargs="+", help="store folder(s) of one model (several open as one trace)")
+    ana.add_argument("--out", required=True, help="folder for the CSV tables")
+    ana.set_defaults(func=_cmd_analyse)
+
+    sql = sub.add_parser("sql", help="DuckDB SQL over trace stores (views: routing, tokens, docs, vocab)")
+    sql.add_argument("traces", nargs="+", help="store folder(s) of one model")
+    sql.add_argument("--query", required=True,
+                     help='e.g. "SELECT layer, expert, count(*) FROM routing GROUP BY ALL"')
+    sql.add_argument("--out", default=None, help="write the result to this CSV instead of printing it")
+    sql.add_argument("--max-rows", type=int, default=60, help="rows printed (default 60)")
+    sql.set_defaults(func=_cmd_sql)
 
     info = sub.add_parser("info", help="describe a model's MoE structure")
     info.add_argument("--model", default="demo")

@@ -6,7 +6,7 @@
       index.html            every figure (interactive), key tables, links; works offline
       figures/              one .html (interactive) and one .png per figure; plotly.min.js (shared)
       tables/               one .csv per analysis (sorted, fixed float format)
-      trace/                the recorded routing trace (safetensors + JSON; RoutingTrace.load)
+      trace/                the recorded routing trace: a store (Parquet shards; wb.open_trace)
 
 When the trained demo checkpoint is not installed it says so and runs on a tiny random Qwen3-MoE
 (the pipeline is the same; the routing means nothing). When Chromium is missing, PNGs are skipped
@@ -116,7 +116,7 @@ def analyse(trace, rule=None) -> dict:
     """Every trace analysis, by name (see :mod:`workbench.analysis`)."""
     from workbench import analysis as A
 
-    counts = A.TraceCounts(trace)
+    counts = A.as_counts(trace)  # in memory: computed; a store: its cached one-pass aggregates
     vocab = A.vocab_specialization(trace)
     tables = {
         "expert_load": A.expert_load(counts), "load_summary": A.load_summary(counts),
@@ -127,7 +127,7 @@ def analyse(trace, rule=None) -> dict:
     }
     if len(trace.layers) > 1:
         tables["layer_transitions"] = A.layer_transitions(trace)
-    if trace.scores is not None:
+    if trace.has_scores:
         tables["router_entropy"] = A.router_entropy(trace, rule)
     return tables
 
@@ -171,8 +171,8 @@ def run_demo(out: Path, source: str = "demo", sample: int | None = None, progres
     print(f"model: {lm!r}")
     texts, labels = demo_corpus(sample)
     _step(2, 6, f"recording {len(texts)} documents (router scores kept)", start)
-    trace = wb.record(lm, texts, labels=labels, scores=True, max_length=512, progress=progress)
-    trace.save(out / "trace")
+    trace = wb.record(lm, texts, labels=labels, scores=True, max_length=512, progress=progress,
+                      out=out / "trace")
     print(f"  {trace!r}")
     _step(3, 6, "analyses: load, specialisation, vocabulary, co-activation, transitions, entropy", start)
     tables = analyse(trace, lm.rule)

@@ -25,7 +25,7 @@ Example:
 
 from workbench.analysis.coactivation import coactivation, coactivation_matrix, layer_transitions, pair_metrics
 from workbench.analysis.counts import UNLABELLED, TraceCounts
-from workbench.analysis.load import expert_load, load_summary
+from workbench.analysis.load import as_counts, expert_load, load_summary
 from workbench.analysis.norms import (
     expert_norm_stats,
     expert_output_norms,
@@ -41,7 +41,7 @@ from workbench.analysis.specialization import (
 )
 
 __all__ = [
-    "MissingScoresError", "TraceCounts", "UNLABELLED", "coactivation", "coactivation_matrix", "expert_load",
+    "MissingScoresError", "TraceCounts", "UNLABELLED", "as_counts", "coactivation", "coactivation_matrix", "expert_load",
     "expert_norm_stats", "expert_output_norms", "label_specialization", "layer_transitions", "load_summary",
     "norm_rank_summary", "norm_rank_table", "pair_metrics", "router_entropy", "specialization_scores",
     "token_entropy", "vocab_specialization", "vocab_summary",

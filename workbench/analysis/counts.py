@@ -130,6 +130,15 @@ class TraceCounts:
         return np.flatnonzero(hit)
 
 
+def distinct_slots(idx: np.ndarray) -> np.ndarray:
+    """``idx`` with repeats of an expert within a token's slots set to -1 (``[..., k]``)."""
+    out = idx.copy()
+    for s in range(1, idx.shape[-1]):
+        dup = (idx[..., :s] == idx[..., s:s + 1]).any(axis=-1)
+        out[..., s][dup] = -1
+    return out
+
+
 def _coactivation(idx: np.ndarray, num_experts: int, chunk: int = 16384) -> np.ndarray:
     """``[L, E, E]`` counts of tokens whose slots hold both experts (all slot pairs, not adjacent).
 

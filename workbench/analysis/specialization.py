@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from workbench.analysis.counts import distinct_slots
 from workbench.analysis.load import as_counts
 from workbench.trace import is_stored
 
@@ -116,7 +117,7 @@ def vocab_specialization(trace, min_count: int = 1, top1: bool = False) -> pd.Da
     num_experts = trace.num_experts
     uniq, inv, occ = np.unique(trace.token_ids, return_inverse=True, return_counts=True)
     keep = occ >= min_count
-    idx = trace.topk_idx[:, :, :1] if top1 else trace.topk_idx
+    idx = trace.topk_idx[:, :, :1] if top1 else distinct_slots(trace.topk_idx)  # an occurrence counts once
     frames = []
     for pos, layer in enumerate(trace.layers):
         slots = idx[pos].astype(np.int64)

@@ -44,7 +44,7 @@ def activation_maps(trace, measure: str = "count", normalize: bool = True) -> np
     """Per-prompt activation maps.
 
     Args:
-        trace: a :class:`~workbench.trace.RoutingTrace` (one document = one prompt).
+        trace: a :class:`~workbench.trace.RoutingTrace` or a stored trace (one document = one prompt).
         measure: ``"count"`` (tokens that selected the expert) or ``"weight"`` (routing weight mass).
         normalize: divide by the prompt's number of tokens (a rate per token), so long and short
             prompts count alike.
@@ -54,6 +54,7 @@ def activation_maps(trace, measure: str = "count", normalize: bool = True) -> np
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    trace = trace.materialize()  # prompt sets are small: a stored trace is read into memory
     num_layers, num_tokens, k = trace.topk_idx.shape
     num_docs = trace.num_docs
     idx = trace.topk_idx.astype(np.int64)

@@ -29,11 +29,11 @@ import warnings
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from workbench.analysis.counts import UNLABELLED
+from workbench.analysis.counts import UNLABELLED, distinct_slots
 from workbench.store.files import atomic_path
 from workbench.store.layout import AGGREGATES_DIR
 
-AGG_VERSION = 1
+AGG_VERSION = 2
 #: Tokens kept per (layer, label, expert) for listing in context without a scan.
 SAMPLES = 64
 
@@ -79,20 +79,12 @@ def label_groups(labels) -> tuple[list[str], np.ndarray]:
     return groups, np.array([lookup[x] for x in names], dtype=np.int64)
 
 
-def distinct_slots(idx: np.ndarray) -> np.ndarray:
-    """``idx`` with repeats of an expert within a token's slots set to -1 (``[..., k]``)."""
-    out = idx.copy()
-    for s in range(1, idx.shape[-1]):
-        dup = (idx[..., :s] == idx[..., s:s + 1]).any(axis=-1)
-        out[..., s][dup] = -1
-    return out
-
-
 class _Accumulator:
     def __init__(self, num_layers, groups, num_experts):
         self.L, self.G, self.E = num_layers, groups, num_experts
         self.label_counts = np.zeros(num_layers * groups * num_experts, np.int64)
         self.label_weight = np.zeros(num_layers * groups * num_experts, np.float64)
+        self.label_hits = np.zeros(num_layers * groups * num_experts, np.int64)
         self.label_tokens = np.zeros(groups, np.int64)
         self.coact = np.zeros(num_layers * num_experts * num_experts, np.int64)
         self.trans = np.zeros(max(num_layers - 1, 0) * num_experts * num_experts, np.int64)
@@ -121,6 +113,8 @@ class _Accumulator:
                                          minlength=size + 1)[:size]
         e1 = E + 1
         distinct = distinct_slots(idx)
+        hit_key = np.where(distinct >= 0, key, size)  # each token once per expert
+        self.label_hits += np.bincount(hit_key.reshape(-1), minlength=size + 1)[:size]
         distinct = np.where(distinct >= 0, distinct, E)
         i, j = np.triu_indices(idx.shape[2], 1)
         pairs = (np.arange(L)[:, None, None] * (e1 * e1) + distinct[:, :, i] * e1 + distinct[:, :, j]).reshape(-1)
@@ -131,9 +125,9 @@ class _Accumulator:
             dst = np.where(idx[1:, :, 0] >= 0, idx[1:, :, 0], E)
             keys = (np.arange(L - 1)[:, None] * (e1 * e1) + src * e1 + dst).reshape(-1)
             self.trans += np.bincount(keys, minlength=(L - 1) * e1 * e1).reshape(L - 1, e1, e1)[:, :E, :E].reshape(-1)
-        self._sample(t, key, valid, w)
+        self._sample(t, hit_key, w)
 
-    def _sample(self, t, key, valid, w) -> None:
+    def _sample(self, t, key, w) -> None:
         if self.open == 0:
             return
         filled = np.append(self.filled, SAMPLES)  # the sentinel bin of empty slots is always full
@@ -157,6 +151,7 @@ class _Accumulator:
         L, G, E = self.L, self.G, self.E
         coact = self.coact.reshape(L, E, E)
         return {"label_counts": self.label_counts.reshape(L, G, E), "label_weight": self.label_weight.reshape(L, G, E),
+                "label_hits": self.label_hits.reshape(L, G, E),
                 "label_tokens": self.label_tokens, "coact": coact + coact.transpose(0, 2, 1),
                 "transitions": self.trans.reshape(max(L - 1, 0), E, E),
                 "sample_t": self.sample_t.reshape(L, G, E, SAMPLES),
@@ -180,7 +175,8 @@ def compute_counts(trace, progress: bool = False) -> dict:
 class StoreCounts:
     """The :class:`~workbench.analysis.counts.TraceCounts` of a stored trace, from cached aggregates.
 
-    Extra attributes: ``transitions`` (``[L-1, E, E]`` rank-0 transitions), ``sample_t`` /
+    Extra attributes: ``label_hits`` (``[L, G, E]`` tokens with the expert in any slot: differs from
+    ``label_counts`` only where an edit put one expert in two slots), ``transitions`` (``[L-1, E, E]`` rank-0 transitions), ``sample_t`` /
     ``sample_w`` (``[L, G, E, S]`` first tokens routed to each expert per label, ``-1`` padded).
     """
 
@@ -235,7 +231,7 @@ class StoreCounts:
         """``(tokens, weights, total)``: the first ``limit`` tokens routed to ``expert`` (any slot) at
         layer position ``layer_pos``, their weights there, and how many tokens were routed there."""
         g = self._groups(labels)
-        total = int(self.label_counts[layer_pos, g, expert].sum())
+        total = int(self.label_hits[layer_pos, g, expert].sum())
         if limit > SAMPLES:
             hits = self.routed_to(layer_pos, expert, labels)[:limit]
             idx, w = self.trace.slots([layer_pos], hits)

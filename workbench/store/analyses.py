@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workbench.analysis.counts import distinct_slots
 from workbench.store.aggregates import cache_key, cache_path, load_cached, save_cached
 from workbench.store.files import atomic_path
 
@@ -88,7 +89,7 @@ def _vocab_pass(trace, top1: bool) -> dict:
                 acc = np.zeros((len(chosen), per_layer), np.int64)
                 for rows in trace.iter_batches(layers=chosen):
                     v = np.searchsorted(uniq, rows.token_ids).astype(np.int64)
-                    slots = rows.idx[:, :, :1] if top1 else rows.idx
+                    slots = rows.idx[:, :, :1] if top1 else distinct_slots(rows.idx)
                     for i in range(len(chosen)):
                         e = slots[i].astype(np.int64)
                         keys = np.where(e >= 0, v[:, None] * num_experts + e, per_layer)
