@@ -77,7 +77,7 @@ def test_memo_follows_the_edit_frames(tiny):
             d, _ = lm.probes.decide(layer, logits, seams.native_decision(native.idx, native.w))
             order = torch.argsort(torch.softmax(logits, -1), dim=-1, descending=True)
             assert int(d.idx[1, 0]) == int(order[1, rank]) and torch.equal(d.idx[0], native.idx[0])
-    assert not lm.probes._memo_frames, "an ended edit is not kept alive by the memo"
+    assert not lm.probes._memos, "an ended edit is not kept alive by the memo"
     from workbench.probes.hooks import MAX_LAYOUTS
     with wb.edit(lm, wb.KeepRank(1, rows=[1])):
         for per_row in range(1, MAX_LAYOUTS + 20):  # one layout per batch shape, bounded
@@ -85,7 +85,7 @@ def test_memo_follows_the_edit_frames(tiny):
             x = torch.randn(2 * per_row, lm.num_experts)
             nat = apply_plan(x, lm.rule, RoutingPlan(k=lm.top_k))
             lm.probes.decide(layer, x, seams.native_decision(nat.idx, nat.w))
-        assert 0 < len(lm.probes._memo_data[layer]["rows"]) <= MAX_LAYOUTS
+        assert 0 < len(lm.probes._memo()[layer]["rows"]) <= MAX_LAYOUTS
     decider = type(lm.probes)(lm)
     for rank in (1, 2):
         decider.edit_frames = [wb.edit(lm, wb.KeepRank(rank))]
@@ -183,12 +183,13 @@ def test_random_expert_depends_on_position_not_on_how_the_text_is_read(tiny):
     ids = torch.tensor([[lm.tokenizer.bos_token_id] + lm.tokenizer(PROMPT)["input_ids"] + g.token_ids[:-1]])
     got = {}
     with wb.edit(lm, spec), torch.no_grad():
-        lm.probes.add_listener(lambda lay, logits, d: got.setdefault(lay, d.idx[:, 0].clone()))
+        def listener(lay, logits, d):
+            got.setdefault(lay, d.idx[:, 0].clone())
+        lm.probes.add_listener(listener)
         try:
             lm.model(input_ids=ids)
         finally:
-            lm.probes.listeners.clear()
-            lm.probes._sync()
+            lm.probes.remove_listener(listener)
     assert torch.equal(got[layer], decoded)
     assert not lm.probes.active
 

@@ -198,7 +198,7 @@ def restore_skipping(lm: MoEModel) -> None:
     from workbench.probes.edits import Skip, edit
 
     lm.saved_skip = edit(lm, Skip({int(layer): float(beta) for layer, beta in dict(saved).items()}))
-    lm.probes.push_edit(lm.saved_skip)
+    lm.probes.push_base_edit(lm.saved_skip)  # model-wide: in force in every thread and task
 
 
 def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None = None,

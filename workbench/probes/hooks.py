@@ -17,6 +17,9 @@ random-expert control) also puts a pre-hook on the decoder layers to read their 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
 from typing import Callable
 
 import torch
@@ -27,83 +30,187 @@ from workbench.probes import seams
 Listener = Callable[[int, torch.Tensor, Decision], None]
 
 MAX_LAYOUTS = 64  # per-row layouts (one per batch shape) kept per layer while the edits stay the same
+MAX_MEMOS = 16    # distinct sets of edit frames whose per-layer facts are kept
+
+
+def _positional(frame) -> bool:
+    return any(getattr(s, "needs_positions", False) for s in getattr(frame, "specs", ()))
 
 
 class ProbeManager:
-    """Installs and removes the hooks of one :class:`~workbench.loading.MoEModel`."""
+    """Installs and removes the hooks of one :class:`~workbench.loading.MoEModel`.
+
+    The active edits and listeners belong to the caller: they live in :mod:`contextvars`, so each
+    thread, asyncio task or widget callback sees only the edits it entered, even when several run
+    forwards of the same model at once. The hooks are installed while any context has an edit or a
+    listener, and read the state of the context that runs the forward. Model-wide edits (the saved
+    skipping a checkpoint carries) are *base* frames, seen in every context unless suspended there.
+    """
 
     def __init__(self, lm):
         self.lm = lm
-        self.edit_frames: list = []
-        self.listeners: list[Listener] = []
+        self._frames = contextvars.ContextVar(f"workbench_edits_{id(self)}", default=())
+        self._listeners = contextvars.ContextVar(f"workbench_listeners_{id(self)}", default=())
+        self._suspended = contextvars.ContextVar(f"workbench_suspended_{id(self)}", default=())
+        self._base: tuple = ()
+        self._lock = threading.RLock()
+        self._users = 0        # edits and listeners entered in any context, plus base frames
+        self._positional = 0   # of those, edits with a spec that routes by token position
+        self.edits_anywhere = 0  # edit frames entered in any context (base frames included)
         self._handles: list = []
-        self._shapes: dict[int, tuple[int, ...]] = {}
-        self._pending_logits: dict[int, torch.Tensor] = {}
         self._position_handles: list = []
-        self._positions: dict[int, torch.Tensor | None] = {}
-        self._memo_frames: tuple = ()
-        self._memo_data: dict = {}
+        self._local = threading.local()  # the state of one forward pass, per thread
+        self._memos: dict = {}
+
+    # -- per-thread forward state --------------------------------------------------------
+    def _state(self, name: str) -> dict:
+        value = getattr(self._local, name, None)
+        if value is None:
+            value = {}
+            setattr(self._local, name, value)
+        return value
+
+    _shapes = property(lambda self: self._state("shapes"))
+    _pending_logits = property(lambda self: self._state("pending"))
+    _positions = property(lambda self: self._state("positions"))
 
     # -- activation ----------------------------------------------------------------------
     @property
     def active(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def edit_frames(self) -> list:
+        """The edit frames in force in the calling context: base frames first, then entered ones."""
+        hidden = self._suspended.get()
+        return [f for f in self._base if f not in hidden] + list(self._frames.get())
+
+    @edit_frames.setter
+    def edit_frames(self, frames) -> None:  # for a manager used only to decide (never installs hooks)
+        self._frames.set(tuple(frames))
+
+    @property
+    def listeners(self) -> list:
+        return list(self._listeners.get())
+
     def push_edit(self, frame) -> None:
-        self.edit_frames.append(frame)
-        self._sync()
+        """Enter ``frame`` in the calling context (undone completely if anything fails)."""
+        with self._lock:
+            self._enter(self._frames, frame, _positional(frame))
+            self.edits_anywhere += 1
 
     def pop_edit(self, frame) -> None:
-        if frame in self.edit_frames:
-            self.edit_frames.remove(frame)
-        self._sync()
+        with self._lock:
+            if frame in self._frames.get():
+                self._leave(self._frames, frame, _positional(frame))
+                self.edits_anywhere -= 1
+                # an ended edit is not kept alive by the memo (another context using it rebuilds it)
+                self._memos = {k: v for k, v in self._memos.items() if not any(f is frame for f in v[0])}
 
     def add_listener(self, fn: Listener) -> None:
-        self.listeners.append(fn)
-        self._sync()
+        self._enter(self._listeners, fn, False)
 
     def remove_listener(self, fn: Listener) -> None:
-        if fn in self.listeners:
-            self.listeners.remove(fn)
-        self._sync()
+        self._leave(self._listeners, fn, False)
 
-    def _sync(self) -> None:
-        self._memo_frames, self._memo_data = (), {}  # the frames may have changed
-        wanted = bool(self.edit_frames or self.listeners)
-        if wanted and not self._handles:
+    def push_base_edit(self, frame) -> None:
+        """Make ``frame`` a model-wide edit, in force in every context (see :meth:`suspend`)."""
+        with self._lock:
+            self._acquire(_positional(frame))
+            self._base = self._base + (frame,)
+            self.edits_anywhere += 1
+
+    @contextlib.contextmanager
+    def suspend(self, frame):
+        """Inside the block, a base frame is not in force in the calling context."""
+        token = self._suspended.set(self._suspended.get() + (frame,))
+        try:
+            yield
+        finally:
+            self._suspended.reset(token)
+
+    def _enter(self, var, item, positional: bool) -> None:
+        with self._lock:
+            before = var.get()
+            try:
+                self._acquire(positional)
+            except BaseException:
+                var.set(before)
+                raise
+            try:
+                var.set(before + (item,))
+            except BaseException:
+                var.set(before)
+                self._release(positional)
+                raise
+
+    def _leave(self, var, item, positional: bool) -> None:
+        with self._lock:
+            items = var.get()
+            if item not in items:
+                return
+            i = len(items) - 1 - items[::-1].index(item)
+            var.set(items[:i] + items[i + 1:])
+            self._release(positional)
+
+    def _acquire(self, positional: bool) -> None:
+        if self._users == 0:
             self._install()
-        elif not wanted and self._handles:
+        self._users += 1
+        if positional:
+            if self._positional == 0:
+                try:
+                    self._install_positions()
+                except BaseException:
+                    self._release(False)
+                    raise
+            self._positional += 1
+
+    def _release(self, positional: bool) -> None:
+        if positional:
+            self._positional = max(self._positional - 1, 0)
+            if self._positional == 0:
+                self._remove_positions()
+        self._users = max(self._users - 1, 0)
+        if self._users == 0:
             self._remove()
-        positions = any(getattr(s, "needs_positions", False) for frame in self.edit_frames for s in frame.specs)
-        if positions and not self._position_handles:
-            layers = self.lm.adapter.decoder_layers(self.lm.model)
-            for layer in self.lm.moe_layers:
-                self._position_handles.append(
-                    layers[layer].register_forward_pre_hook(self._position_hook(layer), with_kwargs=True))
-        elif not positions and self._position_handles:
-            for handle in self._position_handles:
-                handle.remove()
-            self._position_handles.clear()
-            self._positions.clear()
 
     def _install(self) -> None:
         adapter = self.lm.adapter
-        for layer in self.lm.moe_layers:
-            block = self.lm.block(layer)
-            self._handles.append(block.register_forward_pre_hook(self._shape_hook(layer), with_kwargs=True))
-            router = adapter.router(block)
-            self._handles.append(router.register_forward_hook(self._router_hook(layer), prepend=True))
-            if seams.at_experts(adapter.router_io):
-                experts = adapter.experts(block)
-                self._handles.append(
-                    experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True, prepend=True))
+        try:
+            for layer in self.lm.moe_layers:
+                block = self.lm.block(layer)
+                self._handles.append(block.register_forward_pre_hook(self._shape_hook(layer), with_kwargs=True))
+                router = adapter.router(block)
+                self._handles.append(router.register_forward_hook(self._router_hook(layer), prepend=True))
+                if seams.at_experts(adapter.router_io):
+                    experts = adapter.experts(block)
+                    self._handles.append(
+                        experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True, prepend=True))
+        except BaseException:
+            self._remove()  # never leave some layers hooked
+            raise
 
     def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        while self._handles:
+            self._handles.pop().remove()
         self._shapes.clear()
         self._pending_logits.clear()
+
+    def _install_positions(self) -> None:
+        layers = self.lm.adapter.decoder_layers(self.lm.model)
+        try:
+            for layer in self.lm.moe_layers:
+                self._position_handles.append(
+                    layers[layer].register_forward_pre_hook(self._position_hook(layer), with_kwargs=True))
+        except BaseException:
+            self._remove_positions()
+            raise
+
+    def _remove_positions(self) -> None:
+        while self._position_handles:
+            self._position_handles.pop().remove()
+        self._positions.clear()
 
     # -- hooks ---------------------------------------------------------------------------
     def _shape_hook(self, layer: int):
@@ -168,15 +275,17 @@ class ProbeManager:
         return plan
 
     def _memo(self) -> dict:
-        """Per-layer facts that depend only on the active edit frames (specs, plans, bias, row
-        layouts), kept until the frames change. The frames themselves are held, so their ids
-        cannot be reused while the memo lives."""
-        frames = self.edit_frames
-        held = self._memo_frames
-        if len(held) != len(frames) or any(a is not b for a, b in zip(held, frames)):
-            self._memo_frames = tuple(frames)
-            self._memo_data = {}
-        return self._memo_data
+        """Per-layer facts that depend only on the edit frames in force (specs, plans, bias, row
+        layouts), one memo per distinct set of frames (contexts with other edits get their own).
+        The frames themselves are held, so their ids cannot be reused while the memo lives."""
+        frames = tuple(self.edit_frames)
+        key = tuple(map(id, frames))
+        hit = self._memos.get(key)
+        if hit is None or any(a is not b for a, b in zip(hit[0], frames)):
+            if len(self._memos) >= MAX_MEMOS:
+                self._memos.clear()
+            hit = self._memos[key] = (frames, {})
+        return hit[1]
 
     def _layer_memo(self, layer: int) -> dict:
         memo = self._memo()

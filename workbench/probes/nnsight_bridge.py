@@ -210,7 +210,7 @@ def _run(nn_model, lm, specs, layers, steps, scores) -> NNsightRouting:
         raise RuntimeError("record_routing/apply_edits must be called inside a `with nn_model.trace(...)` "
                            "or `with nn_model.generate(...)` block that has its input (or inside one of its "
                            "`with tracer.invoke(...)` blocks)") from None
-    if lm.probes.edit_frames:
+    if lm.probes.edits_anywhere:  # in any context: nnsight runs this code in a thread of its own
         raise RuntimeError("a wb.edit block is active on this model: its hooks run after nnsight's and would "
                            "override the routing seen here; pass its specs to apply_edits instead")
     decider = ProbeManager(lm)  # never installs hooks: used only for its decide()

@@ -47,14 +47,11 @@ from workbench.replay.capture import _units, chunk_length, pad_id, padded_batche
 def saved_skipping_off(lm):
     """Suspend the skipping edit that ``workbench.load`` re-applied from a checkpoint, inside the block."""
     frame = getattr(lm, "saved_skip", None)
-    active = frame is not None and frame in lm.probes.edit_frames
-    if active:
-        lm.probes.pop_edit(frame)
-    try:
+    if frame is None:
         yield
-    finally:
-        if active:
-            lm.probes.push_edit(frame)
+        return
+    with lm.probes.suspend(frame):  # only in the calling context; other threads keep it
+        yield
 
 
 @torch.no_grad()
