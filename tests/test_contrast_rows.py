@@ -33,7 +33,6 @@ SPEC_SETS = {
     "top-p rows 1 and 3": lambda lm: [wb.TopP(0.3, rows=[1, 3])],
     "random row 2": lambda lm: [RandomExpert(seed=4, rows=[2])],
     "three plans": lambda lm: [wb.TopK(1, rows=[0, 3]), wb.KeepRank(1, rows=[1]), wb.Skip(0.9, rows=[3])],
-    "rows beyond the batch": lambda lm: [wb.TopK(1, rows=[7])],
     "all rows": lambda lm: [wb.KeepRank(1)],
 }
 
@@ -52,6 +51,11 @@ def test_fast_decide_equals_reference(family, specs, tiny):
                 pm._positions[layer] = torch.arange(per_row).unsqueeze(0) + 7
                 logits = torch.randn(num_tokens, lm.num_experts) * 2
                 native = apply_plan(logits, lm.rule, RoutingPlan(k=lm.top_k), lm.selection_bias(layer))
+                named = [r for s in pm.active_specs(layer) if s.rows is not None for r in s.rows]
+                if named and max(named) >= rows:  # a row the batch does not have: refused, never ignored
+                    with pytest.raises(ValueError, match="outside the batch"):
+                        pm.decide(layer, logits, seams.native_decision(native.idx, native.w))
+                    continue
                 fast, changed = pm.decide(layer, logits, seams.native_decision(native.idx, native.w))
                 ref, changed_ref = pm.decide_reference(layer, logits, seams.native_decision(native.idx, native.w))
                 assert changed == changed_ref

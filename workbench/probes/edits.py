@@ -21,6 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
@@ -30,10 +33,38 @@ from workbench.kernels.routing import RoutingPlan
 MASK_MODES = ("next_best", "empty")
 
 
+def as_int(value, what: str) -> int:
+    """``value`` as an int, or a TypeError naming ``what`` (strings, floats and bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def as_number(value, what: str) -> float:
+    """``value`` as a finite float, or an error naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return float(value)
+
+
 def _layer_map(spec, value) -> dict[int, tuple]:
-    if isinstance(value, Mapping):
-        return {int(layer): tuple(v) if isinstance(v, Iterable) else (v,) for layer, v in value.items()}
-    raise TypeError(f"{spec} expects a mapping {{layer: experts}}, got {type(value).__name__}")
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{spec} expects a mapping {{layer: experts}}, got {type(value).__name__}")
+    out = {}
+    for layer, experts in value.items():
+        layer = as_int(layer, f"{spec}: layer {layer!r}")
+        if isinstance(experts, (str, bytes)) or not isinstance(experts, Iterable):
+            experts = (experts,)
+        out[layer] = tuple(as_int(e, f"{spec}: expert {e!r} of layer {layer}") for e in experts)
+    return out
+
+
+def _check_layers_match(spec, given, implied) -> None:
+    if given is not None and set(given) != set(implied):
+        raise ValueError(f"{spec}: layers={list(given)} does not match the layers it names {sorted(implied)}; "
+                         "leave layers= out (it follows from the mapping) or make them the same")
 
 
 @dataclass(frozen=True)
@@ -49,10 +80,17 @@ class Spec:
     rows: tuple | None = field(default=None, kw_only=True)
 
     def __post_init__(self):
+        name = type(self).__name__
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+            layers = (self.layers,) if not isinstance(self.layers, Iterable) or isinstance(self.layers, str) \
+                else self.layers
+            object.__setattr__(self, "layers", tuple(as_int(x, f"{name}: layer {x!r}") for x in layers))
         if self.rows is not None:
-            object.__setattr__(self, "rows", tuple(int(x) for x in self.rows))
+            rows = (self.rows,) if not isinstance(self.rows, Iterable) or isinstance(self.rows, str) else self.rows
+            rows = tuple(as_int(x, f"{name}: row {x!r}") for x in rows)
+            if any(r < 0 for r in rows):
+                raise ValueError(f"{name}: rows must be batch-row indices >= 0, got {list(rows)}")
+            object.__setattr__(self, "rows", rows)
 
     def applies_to(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -92,13 +130,21 @@ class Mask(Spec):
         object.__setattr__(self, "experts", _layer_map("Mask", self.experts))
         if self.mode not in MASK_MODES:
             raise ValueError(f"Mask mode must be one of {MASK_MODES}, got {self.mode!r}")
+        _check_layers_match("Mask", self.layers, self.experts)
         if self.layers is None:
             object.__setattr__(self, "layers", tuple(self.experts))
 
     def validate(self, lm) -> None:
         super().validate(lm)
-        for experts in self.experts.values():
+        for layer, experts in self.experts.items():
             _check_experts("Mask", experts, lm)
+            left = lm.num_experts - len(set(experts))
+            if left == 0:
+                raise ValueError(f"Mask: all {lm.num_experts} experts of layer {layer} are masked; nothing "
+                                 "would be left to route to")
+            if left < lm.top_k:
+                warnings.warn(f"Mask: only {left} experts of layer {layer} are left for k={lm.top_k} slots; "
+                              f"{lm.top_k - left} slot(s) of every token stay empty", stacklevel=4)
 
     def update(self, plan, layer, lm):
         experts = frozenset(int(e) for e in self.experts.get(layer, ()))
@@ -121,11 +167,19 @@ class Force(Spec):
 
     def __post_init__(self):
         super().__post_init__()
+        if not isinstance(self.experts, Mapping):
+            raise TypeError(f"Force expects a mapping {{layer: experts}}, got {type(self.experts).__name__}")
         norm = {}
         for layer, v in dict(self.experts).items():
+            layer = as_int(layer, f"Force: layer {layer!r}")
+            if isinstance(v, (str, bytes)) or not isinstance(v, (Iterable, Mapping)):
+                v = (v,)
             pairs = v.items() if isinstance(v, Mapping) else ((e, self.weight) for e in v)
-            norm[int(layer)] = tuple((int(e), None if w is None else float(w)) for e, w in pairs)
+            norm[layer] = tuple((as_int(e, f"Force: expert {e!r} of layer {layer}"),
+                                 None if w is None else _weight(w, f"Force: weight of expert {e} at layer {layer}"))
+                                for e, w in pairs)
         object.__setattr__(self, "experts", norm)
+        _check_layers_match("Force", self.layers, norm)
         if self.layers is None:
             object.__setattr__(self, "layers", tuple(norm))
 
@@ -152,6 +206,11 @@ class KeepRank(Spec):
     rank: int = 0
     weight: float = 1.0
 
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "rank", as_int(self.rank, "KeepRank: rank"))
+        object.__setattr__(self, "weight", _weight(self.weight, "KeepRank: weight"))
+
     def validate(self, lm) -> None:
         super().validate(lm)
         if not 0 <= self.rank < lm.num_experts:
@@ -168,10 +227,23 @@ class TopK(Spec):
 
     k: int = 1
 
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "k", as_int(self.k, "TopK: k"))
+        if self.k < 1:
+            raise ValueError(f"TopK: k must be a positive integer, got {self.k}")
+
     def validate(self, lm) -> None:
         super().validate(lm)
         if not 1 <= self.k <= lm.num_experts:
             raise ValueError(f"TopK: k={self.k} must be between 1 and {lm.num_experts}")
+        rule = lm.rule
+        if rule.n_group > 1:
+            reachable = rule.topk_group * (lm.num_experts // rule.n_group)
+            if self.k > reachable:
+                raise ValueError(f"TopK: k={self.k} is more than the {reachable} experts a token can reach "
+                                 f"(group-limited routing: {rule.topk_group} of {rule.n_group} groups of "
+                                 f"{lm.num_experts // rule.n_group})")
 
     def update(self, plan, layer, lm):
         return replace(plan, k=int(self.k))
@@ -183,10 +255,14 @@ class TopP(Spec):
 
     p: float = 0.5
 
-    def validate(self, lm) -> None:
-        super().validate(lm)
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "p", as_number(self.p, "TopP: p"))
         if not 0 < self.p <= 1:
             raise ValueError(f"TopP: p must be in (0, 1], got {self.p}")
+
+    def validate(self, lm) -> None:
+        super().validate(lm)
 
     def update(self, plan, layer, lm):
         _single_mode(plan, "top_p")
@@ -206,19 +282,31 @@ class Skip(Spec):
     def __post_init__(self):
         super().__post_init__()
         if isinstance(self.beta, Mapping):
-            object.__setattr__(self, "beta", {int(k): float(v) for k, v in self.beta.items()})
+            object.__setattr__(self, "beta", {as_int(k, f"Skip: layer {k!r}"): as_number(v, f"Skip: beta of layer {k}")
+                                              for k, v in self.beta.items()})
+            _check_layers_match("Skip", self.layers, self.beta)
             if self.layers is None:
                 object.__setattr__(self, "layers", tuple(self.beta))
+        else:
+            object.__setattr__(self, "beta", as_number(self.beta, "Skip: beta"))
+        values = self.beta.values() if isinstance(self.beta, Mapping) else [self.beta]
+        bad = [b for b in values if not 0 <= b <= 1]
+        if bad:
+            raise ValueError(f"Skip: beta must be between 0 and 1, got {bad[0]}")
 
     def validate(self, lm) -> None:
         super().validate(lm)
-        values = self.beta.values() if isinstance(self.beta, Mapping) else [self.beta]
-        if any(not 0 <= b <= 1 for b in values):
-            raise ValueError("Skip: beta must be between 0 and 1")
 
     def update(self, plan, layer, lm):
         beta = self.beta[layer] if isinstance(self.beta, Mapping) else self.beta
         return replace(plan, skip_beta=float(beta))
+
+
+def _weight(value, what: str) -> float:
+    value = as_number(value, what)
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return value
 
 
 def _single_mode(plan: RoutingPlan, mode: str) -> None:
@@ -255,7 +343,12 @@ class edit:
         self.lm = lm
         self.specs = tuple(specs)
         for layer in lm.moe_layers:  # surface conflicting specs now, not in the middle of a forward
-            lm.probes.plan_for([s for s in self.specs if s.applies_to(layer)], layer)
+            specs = [s for s in self.specs if s.applies_to(layer)]
+            plan = lm.probes.plan_for(specs, layer)
+            left = lm.num_experts - len(plan.blocked | plan.emptied)
+            if specs and plan.mode == "topk" and plan.k > left and not any(isinstance(s, Mask) for s in specs):
+                warnings.warn(f"edit: k={plan.k} slots but only {left} experts of layer {layer} can be chosen; "
+                              f"{plan.k - left} slot(s) of every token stay empty", stacklevel=2)
 
     def __enter__(self):
         self.lm.probes.push_edit(self)

@@ -33,6 +33,17 @@ MAX_LAYOUTS = 64  # per-row layouts (one per batch shape) kept per layer while t
 MAX_MEMOS = 16    # distinct sets of edit frames whose per-layer facts are kept
 
 
+def check_finite(layer: int, values: torch.Tensor, what: str) -> None:
+    """Raise a FloatingPointError naming the layer and token when ``values`` (``[T, ...]``) has NaN or inf."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        token = int((~finite).reshape(values.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        bad = values.reshape(values.shape[0], -1)[token][~finite.reshape(values.shape[0], -1)[token]][0]
+        raise FloatingPointError(f"layer {layer}: the {what} of token {token} (of {values.shape[0]} in this "
+                                 f"call) are not finite ({float(bad)}); the model's activations overflowed or "
+                                 "are NaN (try float32 or bfloat16 instead of float16)")
+
+
 def _positional(frame) -> bool:
     return any(getattr(s, "needs_positions", False) for s in getattr(frame, "specs", ()))
 
@@ -314,6 +325,7 @@ class ProbeManager:
         specs = entry["specs"]
         if not specs:
             return native, False
+        check_finite(layer, logits, "router scores")
         num_tokens = logits.shape[0]
         shape = self._shapes.get(layer, (1, num_tokens))
         per_row = max(num_tokens // shape[0] if len(shape) > 1 else num_tokens, 1)
@@ -359,6 +371,10 @@ class ProbeManager:
         """The distinct plans of the rows (None = the model's own routing) and, for every plan
         after the first, a ``[T, 1]`` bool mask of the tokens whose row uses it."""
         num_rows = (num_tokens - 1) // per_row + 1
+        outside = sorted({r for s in specs if s.rows is not None for r in s.rows if r >= num_rows})
+        if outside:
+            raise ValueError(f"edit rows {outside} are outside the batch of {num_rows} row(s); rows= counts "
+                             "batch rows from 0")
         keys = [tuple(i for i, s in enumerate(specs) if s.rows is None or row in s.rows) for row in range(num_rows)]
         distinct = list(dict.fromkeys(keys))
         plans = [self.plan_for([specs[i] for i in key], layer) if key else None for key in distinct]

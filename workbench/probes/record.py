@@ -245,6 +245,7 @@ def _run_batch(lm, batch, collector, layers, pad_id, want_scores) -> dict:
         w_l.append(torch.where(valid, w.float(), torch.zeros_like(w, dtype=torch.float32))[keep_d])
         if want_scores:
             sc_l.append(logits.float()[keep_d].to(torch.float16))
+    _check_numbers(layers, collector, keep, w_l, batch)
     k = max(a.shape[1] for a in idx_l)
     device = idx_l[0].device
     idx_all = torch.stack([torch.nn.functional.pad(a.to(device), (0, k - a.shape[1]), value=-1) for a in idx_l])
@@ -265,6 +266,23 @@ def _run_batch(lm, batch, collector, layers, pad_id, want_scores) -> dict:
     pos = np.concatenate([np.arange(u[1], u[1] + len(u[2])) for u in batch])
     token_ids = np.concatenate([np.asarray(u[2]) for u in batch])
     return dict(tensors, docs=docs, pos=pos, token_ids=token_ids)
+
+
+def _check_numbers(layers, collector, keep, w_l, batch) -> None:
+    """Raise, naming the layer, document and position, when router scores or weights are NaN or inf."""
+    for layer, w in zip(layers, w_l):
+        logits = collector.calls[layer][0]
+        for what, values in (("router scores", logits[keep.to(logits.device)]), ("routing weights", w)):
+            finite = torch.isfinite(values.float()).reshape(values.shape[0], -1).all(dim=1)
+            if not bool(finite.all()):
+                t = int((~finite).nonzero()[0, 0])
+                starts = np.cumsum([0] + [len(u[2]) for u in batch])
+                unit = int(np.searchsorted(starts, t, side="right") - 1)
+                doc, start, _ = batch[unit]
+                raise FloatingPointError(
+                    f"layer {layer}: the {what} of document {doc}, token {start + t - starts[unit]} are not "
+                    "finite (NaN or inf); the model's activations overflowed or are NaN (try float32 or "
+                    "bfloat16 instead of float16); nothing of this batch was recorded")
 
 
 def _host_arrays(captured: dict):
