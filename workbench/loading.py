@@ -46,7 +46,13 @@ class MoEModel:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, source: str = "memory"):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            hint = f"; to load {model!r} by name or path use wb.load({model!r})" if isinstance(model, (str, os.PathLike)) \
+                else ""
+            raise TypeError(f"wrap takes a transformers model (a torch.nn.Module with a .config), got "
+                            f"{type(model).__name__}{hint}")
         config = model.config
+        _check_k(config)
         self.adapter: Adapter = adapter_for(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -55,6 +61,9 @@ class MoEModel:
         self.num_experts = int(self.adapter.num_experts(self.config))
         self.top_k = int(self.adapter.top_k(self.config))
         self.rule = self.adapter.rule(self.config)
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"the config asks for k={self.top_k} experts per token of E={self.num_experts}; k must "
+                             "be between 1 and E (check num_experts_per_tok and the expert count in config.json)")
         self.moe_layers = self.adapter.moe_layers(model)
         names = self.adapter.layer_names(model)
         self.layer_names = {layer: names[layer] for layer in self.moe_layers}
@@ -170,6 +179,43 @@ def compute_fingerprint(model: torch.nn.Module, adapter: Adapter, moe_layers: li
     return h.hexdigest()[:16]
 
 
+def _check_k(config) -> None:
+    """Refuse a config whose experts per token is not in 1..E, before its router is run."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    k = getattr(text, "num_experts_per_tok", None)
+    counts = [getattr(text, name, None) for name in ("n_routed_experts", "num_local_experts", "num_experts",
+                                                     "moe_num_experts")]
+    num_experts = next((c for c in counts if isinstance(c, int) and not isinstance(c, bool)), None)
+    if isinstance(k, int) and isinstance(num_experts, int) and not 1 <= k <= num_experts:
+        raise ValueError(f"the config asks for k={k} experts per token of E={num_experts}; k must be between 1 "
+                         "and E (check num_experts_per_tok and the expert count in config.json)")
+
+
+def _looks_local(source: str) -> bool:
+    """Whether ``source`` is meant as a path rather than a hub id (``org/name``)."""
+    return (source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+            or source.endswith((".safetensors", ".json")))
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise a ValueError naming ``path`` when it is not a complete safetensors file (e.g. truncated)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or 8 + length > size:
+                raise ValueError("header cut off")
+            header = json.loads(fh.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it is damaged or was not fully "
+                         "downloaded: copy it again") from None
+    if 8 + length + end > size:
+        raise ValueError(f"{path} is truncated: it holds {size} bytes but its header needs {8 + length + end}; "
+                         "copy or download it again")
+
+
 def wrap(model: torch.nn.Module, tokenizer=None, source: str = "memory") -> MoEModel:
     """Wrap a transformers MoE model (and tokenizer) already in memory.
 
@@ -182,7 +228,8 @@ def wrap(model: torch.nn.Module, tokenizer=None, source: str = "memory") -> MoEM
         >>> wb.wrap(*tiny_model("olmoe")).adapter.name
         'olmoe'
     """
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     lm = MoEModel(model, tokenizer, source=source)
     restore_skipping(lm)
     return lm
@@ -224,6 +271,8 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     label = str(source)
+    if not label.strip():
+        raise ValueError('the source is empty: give "demo", a checkpoint folder, or a hub id')
     if label == "demo":
         from workbench.demo import CHECKPOINT_DIR, checkpoint_available
 
@@ -234,13 +283,27 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
         path = str(CHECKPOINT_DIR)
     else:
         path = label
-        if Path(path).expanduser().exists():
-            path = str(Path(path).expanduser())
-            if not any(Path(path).glob("*.safetensors")) and not any(Path(path).glob("*.safetensors.index.json")):
+        local = Path(path).expanduser()
+        if local.exists():
+            path = str(local)
+            if not local.is_dir():
+                raise FileNotFoundError(f"{path} is a file; give the checkpoint folder that holds config.json "
+                                        "and the .safetensors weights")
+            if not any(local.glob("*.safetensors")) and not any(local.glob("*.safetensors.index.json")):
                 raise FileNotFoundError(
                     f"{path} has no .safetensors weights; the workbench loads safetensors only "
                     "(convert .bin weights with transformers' save_pretrained(safe_serialization=True)).")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            for weights in sorted(local.glob("*.safetensors")):
+                check_safetensors(weights)
+        elif _looks_local(label):
+            raise FileNotFoundError(f"no checkpoint folder at {label}: check the path (hub ids look like "
+                                    "'org/name')")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"could not load {label!r}: no local folder of that name, and the Hugging Face "
+                                f"hub has no such model or cannot be reached ({first})") from None
     if config.model_type not in registered_model_types() and not config_mentions_experts(config):
         raise UnsupportedModelError(
             f"{label} is a {config.model_type!r} model whose config declares no routed experts, so it is not "
@@ -249,8 +312,14 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err) and "mismatched" not in str(err):
+            raise
+        raise ValueError(f"the weights of {label} do not match its config.json (e.g. the expert count or sizes "
+                         f"differ from the checkpoint's tensors): {str(err).splitlines()[0][:300]}") from None
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if device is not None and device_map is None:
         model.to(device)

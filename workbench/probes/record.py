@@ -49,6 +49,18 @@ def _units(lm, texts, max_length: int, add_special_tokens: bool):
     return units
 
 
+def check_text(text: str, i: int) -> None:
+    """Refuse text ``i`` when it holds a NUL character or a lone surrogate (saying where)."""
+    at = text.find("\0")
+    if at >= 0:
+        raise ValueError(f"text {i} contains a NUL character at position {at}; remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"text {i} contains a lone surrogate ({text[err.start]!r}) at position {err.start}, "
+                         "which is not valid Unicode; decode the source with errors='replace'") from None
+
+
 def _default_max_length(lm) -> int:
     candidates = [getattr(lm.config, "max_position_embeddings", None),
                   getattr(lm.tokenizer, "model_max_length", None), 2048]
@@ -108,11 +120,14 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
             raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
         if not text.strip():
             raise ValueError(f"text {i} is empty; remove it or give it content")
+        check_text(text, i)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                    or max_length < 1):
         raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+    if isinstance(labels, (str, bytes)):
+        raise TypeError("labels must be a list with one label per text, not one string (e.g. [label] * len(texts))")
     labels = [None] * len(texts) if labels is None else list(labels)
     if len(labels) != len(texts):
         raise ValueError(f"{len(labels)} labels for {len(texts)} texts: give one label per text")
@@ -120,6 +135,11 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
     for layer in layers:
         if layer not in lm.moe_layers:
             raise ValueError(f"layer {layer} is not an MoE layer; MoE layers: {lm.moe_layers}")
+    context = getattr(lm.config, "max_position_embeddings", None)
+    if max_length is not None and isinstance(context, int) and max_length > context:
+        raise ValueError(f"max_length={max_length} is longer than the model's context ({context} positions); "
+                         "longer texts are split into chunks of at most max_length tokens, so choose "
+                         f"max_length <= {context}")
     max_length = max_length or _default_max_length(lm)
     params = {"fingerprint": lm.fingerprint, "max_length": max_length, "scores": scores, "layers": layers,
               "add_special_tokens": add_special_tokens, "edits": [repr(f) for f in lm.probes.edit_frames]}

@@ -61,8 +61,9 @@ def prune_job(lm, texts, out, *, keep=None, share=None, method="enumerate", prog
 
 def skip_job(lm, texts, out, *, scale=1.0, batch_size=8, max_length=None, progress=True):
     """Calibrate thresholds, write the model with them and ``skipping.csv`` to ``out``."""
-    from workbench.pruning.skipping import calibrate_skipping, saved_skipping_off
+    from workbench.pruning.skipping import calibrate_skipping, check_scale, saved_skipping_off
 
+    check_scale(scale)  # before the calibration runs, not after
     with saved_skipping_off(lm):
         cal = calibrate_skipping(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress)
     cal.save_checkpoint(lm, out, scale=scale)

@@ -43,6 +43,14 @@ from workbench.loading import SKIP_CONFIG_KEY as SKIP_KEY
 from workbench.replay.capture import _units, chunk_length, pad_id, padded_batches
 
 
+def check_scale(scale) -> float:
+    """The threshold scale as a float, or a ValueError: it must be a finite number >= 0."""
+    import math
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number >= 0 (it multiplies every threshold), got {scale!r}")
+    return float(scale)
+
+
 @contextlib.contextmanager
 def saved_skipping_off(lm):
     """Suspend the skipping edit that ``workbench.load`` re-applied from a checkpoint, inside the block."""
@@ -175,6 +183,7 @@ class SkipCalibration:
 
     def save_checkpoint(self, lm, out, scale: float = 1.0) -> Path:
         """Write ``lm`` (weights, tokenizer) with the thresholds in its config, and ``skipping.csv``."""
+        check_scale(scale)
         self.check_model(lm)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -187,7 +196,8 @@ class SkipCalibration:
             save_pruned(lm, out)
         finally:
             if before is None:
-                delattr(config, SKIP_KEY)
+                if hasattr(config, SKIP_KEY):
+                    delattr(config, SKIP_KEY)
             else:
                 setattr(config, SKIP_KEY, before)
         self.save(out / "skipping.csv", scale)

@@ -80,6 +80,14 @@ def _as_labels(value) -> list[str]:
     return [str(v) for v in value]
 
 
+class RankedExperts(list):
+    """``(layer, expert)`` pairs ranked on one model; ``fingerprint`` names that model."""
+
+    def __init__(self, pairs=(), fingerprint: str | None = None):
+        super().__init__(pairs)
+        self.fingerprint = fingerprint
+
+
 @dataclass
 class ExpertContrast:
     """The ranked contrast of set A against set B.
@@ -94,6 +102,8 @@ class ExpertContrast:
         a: the label(s) of set A; ``b``: of set B.
         measure, test, rank_by: how the table was made.
         trace: the recorded trace, when the contrast recorded it.
+        fingerprint: the model's fingerprint; the experts :meth:`top` returns carry it, and steering
+            them on another model is refused.
     """
 
     table: pd.DataFrame
@@ -106,6 +116,7 @@ class ExpertContrast:
     test: str = "permutation"
     rank_by: str = "t"
     trace: object = field(default=None, repr=False)
+    fingerprint: str | None = None
 
     def top(self, n: int = 10, direction: str = "a", max_p: float | None = None) -> list[tuple[int, int]]:
         """The ``n`` best-ranked ``(layer, expert)`` pairs.
@@ -123,7 +134,8 @@ class ExpertContrast:
         frame = frame[sign * frame[self.rank_by] > 0]
         if max_p is not None:
             frame = frame[frame.p <= max_p]
-        return [(int(r.layer), int(r.expert)) for r in frame.head(int(n)).itertuples()]
+        return RankedExperts([(int(r.layer), int(r.expert)) for r in frame.head(int(n)).itertuples()],
+                             fingerprint=self.fingerprint)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self.table.copy()
@@ -212,7 +224,7 @@ def contrast_experts(trace, a, b=None, *, measure: str = "count", normalize: boo
     means = {"+".join(a_labels): ma.reshape(num_layers, num_experts),
              "+".join(b_labels): mb.reshape(num_layers, num_experts)}
     return ExpertContrast(table, means, list(trace.layers), num_experts, a_labels, b_labels,
-                          measure=measure, test=test, rank_by=rank_by)
+                          measure=measure, test=test, rank_by=rank_by, fingerprint=trace.fingerprint)
 
 
 def find_experts(lm, sets: Mapping[str, Sequence[str]], a, b=None, *, batch_size: int = 8,

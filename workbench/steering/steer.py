@@ -82,6 +82,11 @@ def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", we
 
     if action not in ACTIONS:
         raise ValueError(f"action must be 'off' or 'on', got {action!r}")
+    ranked_on = getattr(experts, "fingerprint", None)
+    if ranked_on is not None and ranked_on != lm.fingerprint:
+        from workbench.trace import TraceMismatchError
+        raise TraceMismatchError(f"these experts were ranked on another model (fingerprint {ranked_on}); this "
+                                 f"model is {lm.fingerprint}: rank them again on it (steering.find_experts)")
     layer_map = as_layer_map(experts)
     if not layer_map:
         return []
