@@ -85,7 +85,7 @@ def _cmd_families(args) -> int:
 def _cmd_demo(args) -> int:
     from workbench.report import run_demo
 
-    run_demo(Path(args.out), source=args.model, sample=args.sample, progress=not args.quiet)
+    run_demo(Path(args.out), source=args.model, sample=args.sample, progress=not args.quiet, force=args.force)
     return 0
 
 
@@ -185,6 +185,8 @@ def _cmd_skip(args) -> int:
 def _calibration_args(cmd) -> None:
     cmd.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
     cmd.add_argument("--out", required=True, help="output checkpoint folder")
+    cmd.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder the workbench did not make (default: refuse)")
     cmd.add_argument("--texts", default=None,
                      help="calibration .txt/.jsonl (default: the demo's held-out calibration split)")
     cmd.add_argument("--per-domain", type=int, default=16, help="demo split: calibration documents per domain")
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana = sub.add_parser("analyse", help="every routing analysis of trace stores, as CSV tables")
     ana.add_argument("traces", nargs="+", help="store folder(s) of one model (several open as one trace)")
     ana.add_argument("--out", required=True, help="folder for the CSV tables")
+    ana.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder the workbench did not make (default: refuse)")
     ana.set_defaults(func=_cmd_analyse)
 
     sql = sub.add_parser("sql", help="DuckDB SQL over trace stores (views: routing, tokens, docs, vocab)")
@@ -224,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--query", required=True,
                      help='e.g. "SELECT layer, expert, count(*) FROM routing GROUP BY ALL"')
     sql.add_argument("--out", default=None, help="write the result to this CSV instead of printing it")
+    sql.add_argument("--force", action="store_true", help="replace the file if it exists (default: refuse)")
     sql.add_argument("--max-rows", type=int, default=60, help="rows printed (default 60)")
     sql.set_defaults(func=_cmd_sql)
 
@@ -233,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     demo = sub.add_parser("demo", help="the main job: record the demo corpus and write a report")
-    demo.add_argument("--out", default="report")
+    demo.add_argument("--out", default="report", help="report folder (default: report)")
+    demo.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder the workbench did not make (default: refuse)")
     demo.add_argument("--model", default="demo")
     demo.add_argument("--sample", type=int, default=None, help="documents to record (default: all)")
     demo.add_argument("--quiet", action="store_true")
@@ -245,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--b", required=True, help="JSONL of set B")
     steer.add_argument("--top", type=int, default=10, help="N: experts to switch off / force on")
     steer.add_argument("--out", required=True, help="folder for experts.csv, experiment.csv, ...")
+    steer.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder the workbench did not make (default: refuse)")
     steer.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt (0 = whole text)")
     steer.add_argument("--seeds", type=int, default=3, help="random-expert controls")
     steer.add_argument("--mode", choices=["next_best", "empty"], default="next_best", help="switch-off semantics")
@@ -261,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
     con.add_argument("--tasks", required=True, help="JSONL, one {\"prompt\": ..., \"answer\": ...} a line")
     con.add_argument("--out", required=True, help="folder for outputs.jsonl and summary.csv")
+    con.add_argument("--force", action="store_true",
+                     help="write into a non-empty folder the workbench did not make (default: refuse)")
     con.add_argument("--beta", type=float, default=0.5, help="contrast strength")
     con.add_argument("--alpha", type=float, default=0.1, help="plausibility cut-off")
     con.add_argument("--weak", default="rank2", help="weak routing: rankN, top1, random, random:SEED")
@@ -278,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--kind", choices=["rw", "hs", "concat", "sum"], default="sum")
     emb.add_argument("--alpha", type=float, default=None, help="RW weight for sum (default 1)")
     emb.add_argument("--out", required=True, help="output .npy, [N, D] float32 in input order")
+    emb.add_argument("--force", action="store_true", help="replace the file if it exists (default: refuse)")
     emb.add_argument("--reference", default=None,
                      help="texts to fit concat's standardisation on (default: the input texts)")
     emb.add_argument("--embedder", default=None, help="a saved MoEEmbedder folder (overrides the options below)")
@@ -320,11 +332,42 @@ def _add_families(sub) -> None:
     fam.set_defaults(func=_cmd_families)
 
 
+#: How each command writes ``--out``: a folder, a file, or a store (which has rules of its own).
+OUT_KIND = {"demo": "folder", "steer": "folder", "contrast": "folder", "prune": "folder", "skip": "folder",
+            "analyse": "folder", "embed": "file", "sql": "file", "record": "store"}
+INPUTS = ("model", "texts", "a", "b", "tasks", "embedder", "reference", "traces")
+
+
+def claim_out(args) -> None:
+    """Refuse an ``--out`` that is a foreign non-empty folder, an existing file, or one of the inputs."""
+    from workbench.outputs import claim_file, claim_folder, check_not_input
+
+    out, kind = getattr(args, "out", None), OUT_KIND.get(args.command)
+    if out is None or kind is None:
+        return
+    inputs = []
+    for name in INPUTS:
+        value = getattr(args, name, None)
+        inputs += value if isinstance(value, list) else [value]
+    inputs = [x for x in inputs if isinstance(x, str) and x != "demo"]
+    if kind == "folder":
+        claim_folder(out, args.command, force=args.force, inputs=inputs, create=False)  # marked when done
+    elif kind == "file":
+        claim_file(out, force=args.force, inputs=inputs)
+    else:
+        check_not_input(out, inputs)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+        claim_out(args)
+        code = args.func(args)
+        if code == 0 and OUT_KIND.get(args.command) == "folder" and getattr(args, "out", None):
+            from workbench.outputs import mark_folder
+            mark_folder(args.out, args.command)
+        return code
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -173,10 +173,12 @@ def save_table(frame: pd.DataFrame, path, *, sort: bool | list = True, float_for
         sort: True (all columns in order), a list of columns, or False (keep the order).
         float_format: printf-style format of floats (default 6 significant digits).
     """
+    from workbench.store.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table_for_csv(frame, sort).to_csv(path, index=False, float_format=float_format, lineterminator="\n",
-                                      encoding="utf-8")
+    with atomic_path(path) as tmp:  # a reader never sees half a table
+        table_for_csv(frame, sort).to_csv(tmp, index=False, float_format=float_format, lineterminator="\n",
+                                          encoding="utf-8")
     return path
 
 

@@ -147,22 +147,27 @@ def _step(n: int, total: int, what: str, start: float) -> None:
     print(f"[{n}/{total}] {what}  (t = {time.perf_counter() - start:.0f}s)", flush=True)
 
 
-def run_demo(out: Path, source: str = "demo", sample: int | None = None, progress: bool = True) -> Path:
+def run_demo(out: Path, source: str = "demo", sample: int | None = None, progress: bool = True,
+             force: bool = False) -> Path:
     """Record and write the report folder ``out``; returns it.
 
     Args:
-        out: output folder (created; files of an earlier report are replaced).
+        out: output folder: new, empty, or an earlier report (its figures, tables and trace are
+            replaced); any other folder is refused unless ``force``.
         source: ``"demo"`` or a checkpoint folder / hub id.
         sample: number of held-out documents (default: all).
         progress: progress bars.
+        force: write into a non-empty folder the workbench did not make.
     """
     import workbench as wb
     from workbench import analysis as A
     from workbench.export import INSTALL_HINT, find_chromium, save_figure, save_figures, save_table
     from workbench.views.page import render_page
 
+    from workbench.outputs import claim_folder
+
     start = time.perf_counter()
-    out = Path(out)
+    out = claim_folder(out, "demo", force=force)  # a folder the workbench did not make is refused
     for sub in ("figures", "tables", "trace"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

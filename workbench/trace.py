@@ -233,19 +233,30 @@ class RoutingTrace(TraceMethods):
             meta=dict(first.meta))
 
     # -- persistence (no pickle) ---------------------------------------------------------
-    def save(self, path) -> Path:
-        """Write ``trace.safetensors`` and ``trace.json`` into directory ``path``."""
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write ``trace.safetensors`` and ``trace.json`` into directory ``path`` (each atomically).
+
+        A folder that already holds a trace is refused unless ``overwrite``; for large traces use a
+        store (``wb.record(..., out=...)`` or :meth:`to_store`).
+        """
+        from workbench.store.files import atomic_path
+
         path = Path(path)
+        if ((path / META_FILE).exists() or (path / TRACE_FILE).exists()) and not overwrite:
+            raise FileExistsError(f"{path} already holds {META_FILE}/{TRACE_FILE}; choose another folder or pass "
+                                  "overwrite=True")
         path.mkdir(parents=True, exist_ok=True)
         arrays = {"topk_idx": self.topk_idx, "topk_w": self.topk_w, "token_ids": self.token_ids,
                   "doc": self.doc, "pos": self.pos}
         if self.scores is not None:
             arrays["scores"] = self.scores
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / TRACE_FILE))
+        with atomic_path(path / TRACE_FILE) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
         meta = {"schema_version": SCHEMA_VERSION, "layers": self.layers, "num_experts": self.num_experts,
                 "fingerprint": self.fingerprint, "doc_labels": list(self.doc_labels),
                 "token_text": {str(k): v for k, v in sorted(self.token_text.items())}, "meta": self.meta}
-        (path / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1, default=str))
+        with atomic_path(path / META_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1, default=str))
         return path
 
     @classmethod

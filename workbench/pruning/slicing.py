@@ -229,9 +229,18 @@ def save_pruned(pruned_lm, out, tokenizer=None) -> Path:
     ``AutoModelForCausalLM.from_pretrained(out)`` loads it without the workbench; ``workbench.load(out)``
     also re-applies dynamic-skipping thresholds saved in its config.
     """
+    from workbench.outputs import check_not_input
+
     out = Path(out)
+    check_not_input(out, [pruned_lm.source, getattr(pruned_lm.model.config, "_name_or_path", None)])
+    if out.is_dir() and any(out.glob("*.safetensors")) and not (out / ".moe-workbench").exists():
+        raise FileExistsError(f"{out} already holds a checkpoint the workbench did not write; choose a new folder "
+                              "(its shards would be mixed with the new ones)")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("model*.safetensors*"):  # shards of an earlier result of ours: never mixed with new ones
+        old.unlink()
     pruned_lm.model.save_pretrained(out, safe_serialization=True)
+    (out / ".moe-workbench").write_text('{"written_by": "moe-workbench", "command": "checkpoint"}\n')
     tokenizer = tokenizer if tokenizer is not None else pruned_lm.tokenizer
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
