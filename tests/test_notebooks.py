@@ -16,7 +16,10 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 #: Parameters that make a notebook quick in CI (by file name).
 QUICK = {"01_routing.ipynb": {"sample": 18, "norm_docs_per_label": 1},
          "02_pruning_skipping.ipynb": {"calibration_per_domain": 1, "evaluation_per_domain": 1, "keeps": [12],
-                                       "max_tokens": 64, "speed_tokens": 64, "speed_repeats": 1}}
+                                       "max_tokens": 64, "speed_tokens": 64, "speed_repeats": 1},
+         "03_steering.ipynb": {"per_set": 12, "new_tokens": 8, "seeds": 1, "top": 5},
+         "04_self_contrast.ipynb": {"sample": 30, "betas": [1.0], "weaks": ["rank2", "random"]},
+         "05_embeddings.ipynb": {"sample": 36, "alphas": [1.0], "widget_texts": 18}}
 
 
 def test_notebooks_are_committed_without_outputs():

@@ -61,3 +61,16 @@ def test_cli_steer_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     code = main(["steer", "--model", str(checkpoint), "--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "'text'" in capsys.readouterr().err
+
+
+def test_steer_sets_steers_only_experts_set_a_uses_more(tiny):
+    """Regression: the first `top` rows of the table were steered even when some had t <= 0."""
+    from workbench.steering.pipeline import steer_sets
+    lm = tiny("mixtral")
+    a = ["the cat sat on the mat today", "the dog ran to the park now", "a bird sang in the tree"]
+    b = ["def f(x): return x", "for i in range(3): print(i)", "import os, sys"]
+    contrast, experiment = steer_sets(lm, a, b, top=8, seeds=(0,), max_new_tokens=2, permutations=50)
+    positive = {(int(r.layer), int(r.expert)) for r in contrast.table.itertuples() if r.t > 0}
+    steered = {tuple(int(x) for x in pair) for pair in experiment.top}
+    assert steered and steered <= positive
+    assert len(steered) == min(8, len(positive))

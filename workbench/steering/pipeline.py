@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,14 @@ def steer_sets(lm, a_texts: Sequence[str], b_texts: Sequence[str], *, top: int =
                          "so that random controls exist)")
     if behaviour is None:
         behaviour = set_behaviour(a_texts, b_texts, name="classified as set A")
-    experiment = run_experiment(lm, a_prompts, contrast.table[["layer", "expert"]].to_numpy().tolist()[:top],
+    chosen = contrast.top(top)  # only experts set A uses more: fewer than `top` when fewer have a positive effect
+    if not chosen:
+        raise ValueError("no expert is activated more by set A than by set B; nothing to steer (give sets that "
+                         "differ, or more prompts)")
+    if len(chosen) < top:
+        warnings.warn(f"only {len(chosen)} experts are activated more by set A than by set B; steering those "
+                      f"instead of top={top}", stacklevel=2)
+    experiment = run_experiment(lm, a_prompts, chosen,
                                 behaviour, seeds=seeds, mode=mode, on_weight=on_weight,
                                 quality={"b": b_texts}, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 quality_max_length=quality_max_length, progress=progress)
