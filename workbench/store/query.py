@@ -24,7 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+import uuid
+import weakref
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -52,8 +57,9 @@ def connection(trace):
     cached = getattr(trace, "_duckdb", None)
     if cached is not None:
         return cached
-    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT,
-                                 "temp_directory": tempfile.mkdtemp(prefix="workbench-duckdb-")})
+    spill = Path(tempfile.gettempdir()) / f"workbench-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # made if needed
+    con = duckdb.connect(config={"memory_limit": MEMORY_LIMIT, "temp_directory": str(spill)})
+    weakref.finalize(con, shutil.rmtree, spill, True)
     parts = [p for p in trace._base.parts if p.shards]
     labels = trace.doc_labels
     con.register("docs_arrow", pa.table({
