@@ -104,3 +104,14 @@ def test_steering_rankings_are_refused_on_another_model(tiny):
     with pytest.raises(wb.TraceMismatchError, match="ranked on another model"):
         with steering.steer(other, top, "off"):
             pass
+
+
+def test_decoding_never_runs_past_the_context(tiny):
+    from workbench import steering
+    from workbench.contrast.decode import generate, generate_greedy
+    lm = tiny("mixtral")  # 256 positions
+    long = "word " * 300
+    for run in (lambda: generate(lm, long, max_new_tokens=4), lambda: generate_greedy(lm, "hi", max_new_tokens=300),
+                lambda: steering.generate(lm, [long], max_new_tokens=2)):
+        with pytest.raises(ValueError, match="more than the model's context of 256"):
+            run()

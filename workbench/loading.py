@@ -102,6 +102,14 @@ class MoEModel:
     def shared_experts(self, layer: int) -> list[torch.nn.Module]:
         return self.adapter.shared_experts(self.block(layer))
 
+    def check_context(self, prompt_tokens: int, new_tokens: int = 0, what: str = "the prompt") -> None:
+        """Refuse to run past the model's context (``max_position_embeddings``), saying by how much."""
+        context = getattr(self.config, "max_position_embeddings", None)
+        if isinstance(context, int) and prompt_tokens + new_tokens > context:
+            raise ValueError(f"{what} has {prompt_tokens} tokens; with {new_tokens} new tokens that is "
+                             f"{prompt_tokens + new_tokens}, more than the model's context of {context} positions. "
+                             "Shorten it or generate fewer tokens")
+
     def _check_layer(self, layer: int) -> None:
         if layer not in self.moe_layers:
             raise ValueError(f"layer {layer} is not an MoE layer of this model; MoE layers: {self.moe_layers}")

@@ -195,6 +195,7 @@ def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="ra
     spec = weak_spec(weak, lm)
     stopper = Stopper(lm, max_new_tokens, stop)
     prompt_ids = encode_prompt(lm, prompt, bos)
+    lm.check_context(prompt_ids.shape[-1], max_new_tokens)
     generator = torch.Generator(device="cpu").manual_seed(seed) if sample and seed is not None else None
     log, out_ids = StepLog(top), []
     start = time.perf_counter()
@@ -228,6 +229,7 @@ def generate_greedy(lm, prompt: str, *, max_new_tokens: int = 64, stop: Sequence
     """
     stopper = Stopper(lm, max_new_tokens, stop)
     prompt_ids = encode_prompt(lm, prompt, bos)
+    lm.check_context(prompt_ids.shape[-1], max_new_tokens)
     generator = torch.Generator(device="cpu").manual_seed(seed) if sample and seed is not None else None
     log, out_ids = StepLog(top), []
     start = time.perf_counter()

@@ -157,6 +157,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 24, *, batch_size
     for i, ids in enumerate(encoded):
         if not ids:
             raise ValueError(f"prompt {i} produced no tokens; give it some text")
+        lm.check_context(len(ids), max_new_tokens, what=f"prompt {i}")
     pad = lm.tokenizer.pad_token_id
     pad = lm.tokenizer.eos_token_id if pad is None else pad
     out: list[str] = [""] * len(encoded)

@@ -5,9 +5,9 @@ over its final name (atomic on POSIX), and the folder is ``fsync``-ed so the ren
 power cut. A reader therefore sees either the old file or the new one, never a mix; temporary files
 (``.tmp-*``) are never read and are cleaned up by the next writer.
 
-One writer at a time: :class:`StoreLock` holds ``DIR/.lock`` (created exclusively, with the writer's
-pid and host). A second writer refuses with a message naming the first; a lock left by a process that
-died (same host, pid gone) is taken over.
+One writer at a time: :class:`StoreLock` holds ``DIR/.lock`` (created exclusively, already holding the
+writer's pid and host). A second writer refuses with a message naming the first; a lock left by a
+process that died (same host, pid gone) is taken over.
 
 Example:
     >>> import json, tempfile
@@ -123,12 +123,40 @@ class StoreLock:
         except (OSError, ValueError):
             return {}
 
+    def _create(self, data: bytes) -> None:
+        """Create the lock file holding ``data``, or raise ``FileExistsError``.
+
+        The owner is written to a temporary file first and hard-linked to the lock's name (atomic,
+        failing if it exists), so the lock never exists empty: a writer killed at any point leaves
+        either no lock or one naming it. Where hard links are not supported, the lock is created
+        exclusively and then written.
+        """
+        tmp = self.folder / f"{TMP_PREFIX}{os.getpid()}-{LOCK_FILE}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (or the temporary was removed): create it in place
+                fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(self.folder)
+
     def acquire(self) -> "StoreLock":
         self.folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(2):
             try:
-                fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(json.dumps(me).encode())
             except FileExistsError:
                 owner = self._owner()
                 pid, host = owner.get("pid"), owner.get("host")
@@ -141,10 +169,6 @@ class StoreLock:
                     f"{self.folder} is being written by another process (pid {pid} on {host}, since "
                     f"{owner.get('since', '?')}); wait for it to finish or choose another folder. If no "
                     f"process is writing it, delete {self.path}") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
             self.held = True
             return self
         raise StoreBusyError(f"could not take the lock {self.path}")
