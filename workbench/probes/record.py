@@ -219,7 +219,8 @@ def _finished(out: Path, key: str) -> bool:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return bool(manifest.get("complete")) and manifest.get("input_key") == key
+    leftovers = (out / ".lock").exists() or (out / "shards.jsonl").exists()  # a writer killed while finishing
+    return bool(manifest.get("complete")) and manifest.get("input_key") == key and not leftovers
 
 
 def _write(writer, start, batch, captured) -> None:

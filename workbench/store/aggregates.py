@@ -41,7 +41,8 @@ SAMPLES = 64
 def cache_key(trace, what: str) -> str:
     """A key naming the shards, layers and selection an aggregate was computed from."""
     h = hashlib.sha256(json.dumps([AGG_VERSION, what, trace.layers,
-                                   [(p.manifest["store_id"], len(p.shards)) for p in trace._base.parts]]).encode())
+                                   [(p.manifest["store_id"], [s.get("sha256") for s in p.shards])
+                                    for p in trace._base.parts]]).encode())
     if trace._keep is not None:
         h.update(np.ascontiguousarray(trace._keep).tobytes())
     return f"{what}-{h.hexdigest()[:20]}"

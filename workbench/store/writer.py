@@ -123,6 +123,7 @@ class StoreWriter:
             atomic_write_json(manifest_path, self.manifest)
         if self.manifest.get("complete"):
             self.shards = list(self.manifest["shards"])
+            (self.folder / JOURNAL).unlink(missing_ok=True)  # left by a writer killed after its final manifest
             return
         (self.folder / SHARDS_DIR).mkdir(exist_ok=True)
         remove_temporaries(self.folder / SHARDS_DIR)
