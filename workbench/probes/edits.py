@@ -139,10 +139,10 @@ class Mask(Spec):
         for layer, experts in self.experts.items():
             _check_experts("Mask", experts, lm)
             left = lm.num_experts - len(set(experts))
-            if left == 0:
-                raise ValueError(f"Mask: all {lm.num_experts} experts of layer {layer} are masked; nothing "
-                                 "would be left to route to")
-            if left < lm.top_k:
+            if left == 0:  # a legitimate ablation (the layer's routed experts contribute nothing), never silent
+                warnings.warn(f"Mask: all {lm.num_experts} experts of layer {layer} are masked: every slot is "
+                              "empty and its routed experts contribute nothing", stacklevel=4)
+            elif left < lm.top_k:
                 warnings.warn(f"Mask: only {left} experts of layer {layer} are left for k={lm.top_k} slots; "
                               f"{lm.top_k - left} slot(s) of every token stay empty", stacklevel=4)
 

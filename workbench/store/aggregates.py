@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -197,9 +198,9 @@ class StoreCounts:
     num_tokens = property(lambda self: int(self.trace.num_tokens))
     uniform = property(lambda self: self.k / self.num_experts)
 
-    @property
+    @functools.cached_property
     def doc_order(self) -> np.ndarray:
-        """Stores keep tokens in document then position order."""
+        """Stores keep tokens in document then position order (made once: widgets slice it per click)."""
         return np.arange(self.num_tokens)
 
     @property
