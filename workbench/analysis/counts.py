@@ -131,7 +131,11 @@ class TraceCounts:
 
 
 def distinct_slots(idx: np.ndarray) -> np.ndarray:
-    """``idx`` with repeats of an expert within a token's slots set to -1 (``[..., k]``)."""
+    """``idx`` with repeats of an expert within a token's slots set to -1 (``[..., k]``; ``idx`` itself when
+    there are none)."""
+    ordered = np.sort(idx, axis=-1)
+    if not ((ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)).any():
+        return idx  # the usual case (routing picks distinct experts): nothing to clear, no copy
     out = idx.copy()
     for s in range(1, idx.shape[-1]):
         dup = (idx[..., :s] == idx[..., s:s + 1]).any(axis=-1)
