@@ -96,6 +96,7 @@ class StoredTrace(TraceMethods):
         self._keep = keep  # sorted store-wide token indices in this selection; None = all
         self.layers = list(base.layers) if layers is None else [int(x) for x in layers]
         self._docs = None
+        self._selected: dict = {}  # this selection's token columns, made once
 
     # -- sizes and metadata --------------------------------------------------------------
     num_experts = property(lambda self: self._base.num_experts)
@@ -132,7 +133,11 @@ class StoredTrace(TraceMethods):
 
     def _column(self, name: str) -> np.ndarray:
         col = self._base.columns()[name]
-        return col if self._keep is None else col[self._keep]
+        if self._keep is None:
+            return col
+        if name not in self._selected:
+            self._selected[name] = col[self._keep]
+        return self._selected[name]
 
     @property
     def token_ids(self) -> np.ndarray:
@@ -144,8 +149,11 @@ class StoredTrace(TraceMethods):
 
     @property
     def doc(self) -> np.ndarray:
-        doc = self._column("doc")
-        return doc if self._keep is None else np.searchsorted(self._kept_docs(), doc)
+        if self._keep is None:
+            return self._column("doc")
+        if "renumbered_doc" not in self._selected:
+            self._selected["renumbered_doc"] = np.searchsorted(self._kept_docs(), self._column("doc"))
+        return self._selected["renumbered_doc"]
 
     # -- selection (nothing is read) -----------------------------------------------------
     def select(self, docs=None, layers=None, labels=None, tokens=None) -> "StoredTrace":
