@@ -10,6 +10,11 @@ one may round differently in the last bit, which could only matter at an exact t
 Both rows also read the prompt under their own routing, so the prompt pass costs a batch of two.
 Scores use the log-softmax of each row's temperature-1 logits (see :mod:`workbench.contrast.scoring`).
 
+Prompt tokens and EOS: by default the tokenizer's BOS is put first and decoding stops at EOS;
+``preset="scmoe"`` does what the paper's code does instead, the tokenizer's own special tokens only
+and the EOS banned at every SCMoE step (see :mod:`workbench.contrast.presets` for the reference lines
+and why the defaults differ).
+
 Example:
     >>> import workbench as wb
     >>> from workbench.testing import tiny_model
@@ -20,6 +25,8 @@ Example:
     ('scmoe', 5, 'length')
     >>> not lm.probes.active  # the model is left as it was
     True
+    >>> lm.tokenizer.eos_token_id in generate(lm, "12 + 34 =", max_new_tokens=5, preset="scmoe").token_ids
+    False
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Sequence
 
 import torch
 
+from workbench.contrast.presets import EosBan, resolve
 from workbench.contrast.result import Generation
 from workbench.contrast.scoring import WEAK_FLOOR, check_params, choose, scores_and_mask
 from workbench.contrast.weak import describe, on_row, weak_spec
@@ -169,8 +177,8 @@ def _forward(lm, ids: torch.Tensor, cache):
 @torch.inference_mode()
 def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="rank2",
              max_new_tokens: int = 64, stop: Sequence[str] | str | None = None, sample: bool = False,
-             temperature: float = 1.0, seed: int | None = None, bos: bool = True,
-             top: int = TOP_KEPT) -> Generation:
+             temperature: float = 1.0, seed: int | None = None, bos: bool | None = None,
+             eos: str | None = None, preset: str | None = None, top: int = TOP_KEPT) -> Generation:
     """SCMoE decoding, strong and weak routings batched into one forward pass per step.
 
     Args:
@@ -185,16 +193,22 @@ def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="ra
         sample: draw from ``softmax(score / temperature)`` instead of taking the argmax.
         temperature: sampling temperature.
         seed: seed of the sampling generator.
-        bos: put the tokenizer's BOS first when the tokenizer does not.
+        bos: put the tokenizer's BOS first when the tokenizer does not (default True; the preset's
+            when one is given).
+        eos: ``"stop"`` (default: end at an EOS token) or ``"ban"`` (never choose it).
+        preset: None (the workbench default) or ``"scmoe"``, the reference code's prompt tokens
+            and EOS ban (:mod:`workbench.contrast.presets`).
         top: candidates per step kept for :meth:`Generation.explain`.
 
     Returns:
         A :class:`~workbench.contrast.result.Generation` with ``method="scmoe"``.
     """
     check_params(alpha, beta)
+    bos_mode, eos_mode = resolve(preset, bos, eos)
     spec = weak_spec(weak, lm)
-    stopper = Stopper(lm, max_new_tokens, stop)
-    prompt_ids = encode_prompt(lm, prompt, bos)
+    stopper = Stopper(lm, max_new_tokens, stop, eos=eos_mode == "stop")
+    prompt_ids = encode_prompt(lm, prompt, bos_mode == "prepend")
+    ban = EosBan(lm, prompt_ids.device) if eos_mode == "ban" else None
     lm.check_context(prompt_ids.shape[-1], max_new_tokens)
     generator = torch.Generator(device="cpu").manual_seed(seed) if sample and seed is not None else None
     log, out_ids = StepLog(top), []
@@ -205,6 +219,8 @@ def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="ra
             logits, cache = _forward(lm, step_ids, cache)
             logp = torch.log_softmax(logits, dim=-1)
             score, plausible = scores_and_mask(logp[0], logp[1], alpha, beta)
+            if ban is not None:
+                ban(score)
             token = choose(score.unsqueeze(0).cpu(), sample, temperature, generator)[0] if sample \
                 else score.argmax()
             log.add_pair(token, logp, score, plausible)
@@ -221,14 +237,18 @@ def generate(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="ra
 @torch.inference_mode()
 def generate_greedy(lm, prompt: str, *, max_new_tokens: int = 64, stop: Sequence[str] | str | None = None,
                     sample: bool = False, temperature: float = 1.0, seed: int | None = None,
-                    bos: bool = True, top: int = TOP_KEPT) -> Generation:
+                    bos: bool | None = None, eos: str | None = None, preset: str | None = None,
+                    top: int = TOP_KEPT) -> Generation:
     """Plain decoding with the model's own routing (batch 1): the baseline SCMoE is compared with.
 
     Same prompt handling, stopping and bookkeeping as :func:`generate`, so the two are comparable
-    token for token and in time.
+    token for token and in time. Under ``preset="scmoe"`` it still stops at EOS, as the reference's
+    greedy baseline (``model.generate``) does; ``eos="ban"`` bans it here too.
     """
-    stopper = Stopper(lm, max_new_tokens, stop)
-    prompt_ids = encode_prompt(lm, prompt, bos)
+    bos_mode, eos_mode = resolve(preset, bos, eos, contrast=False)
+    stopper = Stopper(lm, max_new_tokens, stop, eos=eos_mode == "stop")
+    prompt_ids = encode_prompt(lm, prompt, bos_mode == "prepend")
+    ban = EosBan(lm, prompt_ids.device) if eos_mode == "ban" else None
     lm.check_context(prompt_ids.shape[-1], max_new_tokens)
     generator = torch.Generator(device="cpu").manual_seed(seed) if sample and seed is not None else None
     log, out_ids = StepLog(top), []
@@ -237,6 +257,8 @@ def generate_greedy(lm, prompt: str, *, max_new_tokens: int = 64, stop: Sequence
     while True:
         logits, cache = _forward(lm, step_ids, cache)
         logp = torch.log_softmax(logits[0], dim=-1)
+        if ban is not None:
+            ban(logp)
         token = choose(logp.unsqueeze(0).cpu(), sample, temperature, generator)[0] if sample else logp.argmax()
         log.add(token, logp)
         out_ids.append(int(token))

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench.contrast.decode import TOP_KEPT, StepLog, Stopper, _forward, encode_prompt
+from workbench.contrast.presets import EosBan, resolve
 from workbench.contrast.result import Generation
 from workbench.contrast.scoring import WEAK_FLOOR, check_params, choose, contrast_scores
 from workbench.contrast.weak import describe, weak_spec
@@ -33,15 +34,18 @@ from workbench.probes.edits import edit
 def generate_two_pass(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1, weak="rank2",
                       max_new_tokens: int = 64, stop: Sequence[str] | str | None = None,
                       sample: bool = False, temperature: float = 1.0, seed: int | None = None,
-                      bos: bool = True, top: int = TOP_KEPT) -> Generation:
+                      bos: bool | None = None, eos: str | None = None, preset: str | None = None,
+                      top: int = TOP_KEPT) -> Generation:
     """SCMoE decoding with a separate strong pass and weak pass per step.
 
     Arguments as :func:`workbench.contrast.generate`; returns ``method="scmoe-two-pass"``.
     """
     check_params(alpha, beta)
+    bos_mode, eos_mode = resolve(preset, bos, eos)
     spec = weak_spec(weak, lm)
-    stopper = Stopper(lm, max_new_tokens, stop)
-    prompt_ids = encode_prompt(lm, prompt, bos)
+    stopper = Stopper(lm, max_new_tokens, stop, eos=eos_mode == "stop")
+    prompt_ids = encode_prompt(lm, prompt, bos_mode == "prepend")
+    ban = EosBan(lm, prompt_ids.device) if eos_mode == "ban" else None
     generator = torch.Generator(device="cpu").manual_seed(seed) if sample and seed is not None else None
     log, out_ids = StepLog(top), []
     start = time.perf_counter()
@@ -51,6 +55,8 @@ def generate_two_pass(lm, prompt: str, *, beta: float = 0.5, alpha: float = 0.1,
         with edit(lm, spec):
             weak, weak_cache = _forward(lm, step_ids, weak_cache)
         score = contrast_scores(strong[0], weak[0], alpha, beta)
+        if ban is not None:
+            ban(score)
         token = choose(score.unsqueeze(0).cpu(), sample, temperature, generator)[0] if sample else score.argmax()
         log.add(token, torch.log_softmax(strong[0], -1), torch.log_softmax(weak[0], -1).clamp_min(WEAK_FLOOR),
                 score)

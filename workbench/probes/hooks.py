@@ -10,20 +10,26 @@ rule under the active edits), then every recording listener sees the final decis
 Per-row edits (``rows=``; self-contrast decoding runs row 0 natively and row 1 edited) take a fast
 path in :meth:`ProbeManager.decide`: the specs, plans and per-row token masks of each layer are
 built once while the edit frames stay the same, every distinct plan routes all tokens in one call,
-and each token takes its row's routing with ``torch.where``. :meth:`ProbeManager.decide_reference`
-is the obvious split-route-merge form it is tested against. A spec with ``needs_positions`` (the
-random-expert control) also puts a pre-hook on the decoder layers to read their ``position_ids``.
+and each token takes its row's routing with ``torch.where``. A layout of native rows and rows with a
+single ranked expert (SCMoE's weak row) is routed by the fused
+:class:`~workbench.kernels.rank_rows.RankRows` instead (four small operations, not about seventeen:
+on a decoding step of two one-token rows those operations are the edit's whole cost).
+:meth:`ProbeManager.decide_reference` is the obvious split-route-merge form both are tested against.
+A spec with ``needs_positions`` (the random-expert control) also puts a pre-hook on the decoder
+layers to read their ``position_ids``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import threading
 from typing import Callable
 
 import torch
 
+from workbench.kernels.rank_rows import RankRows, fusable
 from workbench.kernels.routing import Decision, RoutingPlan, apply_plan
 from workbench.probes import seams
 
@@ -42,6 +48,13 @@ def check_finite(layer: int, values: torch.Tensor, what: str) -> None:
         raise FloatingPointError(f"layer {layer}: the {what} of token {token} (of {values.shape[0]} in this "
                                  f"call) are not finite ({float(bad)}); the model's activations overflowed or "
                                  "are NaN (try float32 or bfloat16 instead of float16)")
+
+
+def check_finite_fast(layer: int, values: torch.Tensor, what: str) -> None:
+    """:func:`check_finite` with one reduction in the common case: a finite sum means every value is
+    finite (a NaN or an infinity makes the sum NaN or infinite); only then is each value checked."""
+    if not math.isfinite(float(values.sum())):
+        check_finite(layer, values, what)  # raises, unless the sum merely overflowed
 
 
 def _positional(frame) -> bool:
@@ -325,7 +338,7 @@ class ProbeManager:
         specs = entry["specs"]
         if not specs:
             return native, False
-        check_finite(layer, logits, "router scores")
+        check_finite_fast(layer, logits, "router scores")
         num_tokens = logits.shape[0]
         shape = self._shapes.get(layer, (1, num_tokens))
         per_row = max(num_tokens // shape[0] if len(shape) > 1 else num_tokens, 1)
@@ -338,8 +351,10 @@ class ProbeManager:
         if layout is None:
             if len(entry["rows"]) >= MAX_LAYOUTS:  # e.g. recording many batch shapes under one edit
                 entry["rows"].clear()
-            layout = entry["rows"][key] = self._row_layout(layer, specs, num_tokens, per_row, logits.device)
-        plans, masks, pads = layout
+            layout = entry["rows"][key] = self._row_layout(layer, specs, num_tokens, per_row, logits.device, bias)
+        plans, masks, pads, fused = layout
+        if fused is not None:  # native rows + rows with one ranked expert (SCMoE's weak row)
+            return fused(logits, native, self.lm.rule, need_valid), True
         parts = [native if p is None else self._route(layer, logits, p, bias, per_row) for p in plans]
         if len(parts) == 1:
             return parts[0], True
@@ -367,9 +382,11 @@ class ProbeManager:
             return pos.expand(rows, per_row).reshape(-1)
         return torch.arange(num_tokens) % per_row
 
-    def _row_layout(self, layer: int, specs, num_tokens: int, per_row: int, device):
-        """The distinct plans of the rows (None = the model's own routing) and, for every plan
-        after the first, a ``[T, 1]`` bool mask of the tokens whose row uses it."""
+    def _row_layout(self, layer: int, specs, num_tokens: int, per_row: int, device, bias=None):
+        """The distinct plans of the rows (None = the model's own routing), for every plan after
+        the first a ``[T, 1]`` bool mask of the tokens whose row uses it, a cache of padding blocks,
+        and the fused :class:`~workbench.kernels.rank_rows.RankRows` when the layout is native rows
+        plus rows of one ranked expert (else None)."""
         num_rows = (num_tokens - 1) // per_row + 1
         outside = sorted({r for s in specs if s.rows is not None for r in s.rows if r >= num_rows})
         if outside:
@@ -381,7 +398,11 @@ class ProbeManager:
         group = torch.tensor([distinct.index(key) for key in keys], device=device)
         group = group.repeat_interleave(per_row)[:num_tokens]
         masks = [(group == j).unsqueeze(1) for j in range(1, len(distinct))]
-        return plans, masks, {}
+        rank_plan = fusable(plans, bias)
+        fused = None
+        if rank_plan is not None:
+            fused = RankRows(masks[0] if plans[0] is None else ~masks[0], rank_plan)
+        return plans, masks, {}, fused
 
     def decide_reference(self, layer: int, logits: torch.Tensor, native: Decision) -> tuple[Decision, bool]:
         """The obvious form of :meth:`decide`: no memo; rows are split into groups with the same
