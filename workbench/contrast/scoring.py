@@ -48,10 +48,11 @@ def plausible_mask(logp_strong: torch.Tensor, alpha: float) -> torch.Tensor:
     Returns:
         ``[..., V]`` bool; always True at the strong argmax.
     """
-    log_alpha = math.log(alpha) if alpha > 0 else float("-inf")
     top = logp_strong.amax(dim=-1, keepdim=True)
-    # the threshold is never below the lowest finite value, so -inf is never plausible
-    return logp_strong >= (top + log_alpha).clamp_min(torch.finfo(logp_strong.dtype).min)
+    if alpha > 0:  # a finite threshold (the top log-probability is finite): -inf is never plausible
+        return logp_strong >= top + math.log(alpha)
+    # alpha = 0: the threshold is the lowest finite value, so that -inf is still not plausible
+    return logp_strong >= torch.full_like(top, torch.finfo(logp_strong.dtype).min)
 
 
 def contrast_scores(strong_logits: torch.Tensor, weak_logits: torch.Tensor, alpha: float = 0.1,

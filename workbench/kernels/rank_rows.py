@@ -53,10 +53,12 @@ def fusable(plans, bias) -> RoutingPlan | None:
     if bias is not None or len(plans) != 2 or sum(p is None for p in plans) != 1:
         return None
     plan = plans[0] if plans[1] is None else plans[1]
-    if (plan.mode != "rank" or plan.blocked or plan.emptied or plan.forced or plan.skip_beta is not None
-            or plan.rank is None):
+    if plan.mode != "rank" or plan.rank is None:
         return None
-    return plan
+    # nothing else may be set (blocked, emptied, forced, skipping, score offsets, any later field):
+    # a plain rank plan equals the plan made of its rank, weight and slot count alone
+    plain = RoutingPlan(k=plan.k, mode="rank", rank=plan.rank, rank_weight=plan.rank_weight, seed=plan.seed)
+    return plan if plan == plain else None
 
 
 def choice_scores(logits: torch.Tensor, rule: RoutingRule) -> torch.Tensor:
@@ -82,18 +84,18 @@ class RankRows:
         self.mask = mask
         self.rank = int(plan.rank)
         self.weight = float(plan.rank_weight)
-        self._slots: dict = {}
+        self._slots = None  # ([1, k] weights, [1, k] valid) of a ranked token, made on the first call
 
-    def _constants(self, k: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[1, k]`` weights ``[weight, 0, ...]`` and valid ``[True, False, ...]`` of a ranked token."""
-        key = (k, device)
-        hit = self._slots.get(key)
-        if hit is None:
-            w = torch.zeros(1, k, dtype=torch.float32, device=device)
+    def _constants(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[1, k]`` weights ``[weight, 0, ...]`` and valid ``[True, False, ...]`` of a ranked token
+        (on the mask's device: a layout belongs to one device)."""
+        hit = self._slots
+        if hit is None or hit[0].shape[1] != k:
+            w = torch.zeros(1, k, dtype=torch.float32, device=self.mask.device)
             w[0, 0] = self.weight
-            valid = torch.zeros(1, k, dtype=torch.bool, device=device)
+            valid = torch.zeros(1, k, dtype=torch.bool, device=self.mask.device)
             valid[0, 0] = True
-            hit = self._slots[key] = (w, valid)
+            hit = self._slots = (w, valid)
         return hit
 
     def __call__(self, logits: torch.Tensor, native: Decision, rule: RoutingRule,
@@ -109,7 +111,7 @@ class RankRows:
         """
         choice = choice_scores(logits, rule)
         ranked = torch.topk(choice, k=self.rank + 1, dim=-1).indices[:, self.rank:]  # [T, 1]
-        w_row, valid_row = self._constants(native.idx.shape[1], logits.device)
+        w_row, valid_row = self._constants(native.idx.shape[1])
         idx = torch.where(self.mask, ranked, native.idx)
         w = torch.where(self.mask, w_row, native.w)
         valid = torch.where(self.mask, valid_row, native.valid) if need_valid else None

@@ -258,8 +258,9 @@ class ProbeManager:
             if seams.at_experts(io):
                 self._pending_logits[layer] = logits
                 return None
-            decision, changed = self._decide_native(layer, logits, idx, w)
-            for fn in self.listeners:
+            listeners = self._listeners.get()
+            decision, changed = self._decide_native(layer, logits, idx, w, listeners)
+            for fn in listeners:
                 fn(layer, logits, decision)
             return seams.pack(io, out, decision, self.lm.num_experts) if changed else None
         return hook
@@ -271,18 +272,20 @@ class ProbeManager:
             hidden, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
             idx, w = seams.from_experts_args(io, idx_arg, w_arg)
             logits = self._pending_logits.pop(layer)
-            decision, changed = self._decide_native(layer, logits, idx, w)
-            for fn in self.listeners:
+            listeners = self._listeners.get()
+            decision, changed = self._decide_native(layer, logits, idx, w, listeners)
+            for fn in listeners:
                 fn(layer, logits, decision)
             if not changed:
                 return None
             return (hidden, *seams.to_experts_args(io, decision, idx_arg, w_arg, self.lm.num_experts)), {}
         return hook
 
-    def _decide_native(self, layer: int, logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor):
+    def _decide_native(self, layer: int, logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+                       listeners=None):
         """:meth:`decide` from the model's own ``(idx, w)``; the ``valid`` masks are built only
         when a listener will read the decision (the block itself needs only ``idx`` and ``w``)."""
-        if self.listeners:
+        if self.listeners if listeners is None else listeners:
             return self.decide(layer, logits, seams.native_decision(idx, w))
         return self.decide(layer, logits, Decision(idx.long(), w.float(), None), need_valid=False)
 
@@ -301,7 +304,16 @@ class ProbeManager:
     def _memo(self) -> dict:
         """Per-layer facts that depend only on the edit frames in force (specs, plans, bias, row
         layouts), one memo per distinct set of frames (contexts with other edits get their own).
-        The frames themselves are held, so their ids cannot be reused while the memo lives."""
+        The frames themselves are held, so their ids cannot be reused while the memo lives.
+
+        Each thread keeps the last lookup: while the calling context's frame tuples are the same
+        objects (every change of the edits sets new tuples) the memo is found without rebuilding
+        the frame list (a router call of SCMoE's decoding step is a few microseconds of tensor
+        work, so this lookup counts)."""
+        entered, hidden, base = self._frames.get(), self._suspended.get(), self._base
+        last = getattr(self._local, "last_memo", None)
+        if last is not None and last[0] is entered and last[1] is hidden and last[2] is base:
+            return last[3]
         frames = tuple(self.edit_frames)
         key = tuple(map(id, frames))
         hit = self._memos.get(key)
@@ -309,6 +321,7 @@ class ProbeManager:
             if len(self._memos) >= MAX_MEMOS:
                 self._memos.clear()
             hit = self._memos[key] = (frames, {})
+        self._local.last_memo = (entered, hidden, base, hit[1])
         return hit[1]
 
     def _layer_memo(self, layer: int) -> dict:
