@@ -35,3 +35,15 @@ def test_panel_shows_errors_instead_of_raising(tiny, tmp_path):
     panel.weak.value = "rank99"
     panel.button.click()
     assert "out of range" in panel.output.value
+
+
+def test_panel_preset_follows_the_reference_definitions(tiny, tmp_path):
+    from workbench.contrast import generate, generate_greedy
+
+    lm = tiny("qwen3_moe")
+    panel = ContrastPanel(lm, prompt="12 + 34 =", max_new_tokens=5, folder=tmp_path)
+    panel.preset.value = "scmoe"
+    panel.run()
+    assert panel.scmoe.token_ids == generate(lm, "12 + 34 =", max_new_tokens=5, preset="scmoe").token_ids
+    assert panel.greedy.token_ids == generate_greedy(lm, "12 + 34 =", max_new_tokens=5, bos=False).token_ids
+    assert lm.tokenizer.eos_token_id not in panel.scmoe.token_ids

@@ -198,7 +198,8 @@ def evaluate(lm, tasks, methods=None, *, max_new_tokens: int = 64, stop=None, pr
         stop: stop string(s), e.g. ``"\\n"`` for one-line answers.
         progress: show a progress bar.
         warmup: decode the first prompt once with every method before timing.
-        **decode: passed to the decoders (``sample``, ``seed``, ``bos``, ...).
+        **decode: passed to the decoders (``sample``, ``seed``, ``bos``, ``eos``, ``preset="scmoe"``: the
+            reference code's prompt tokens and EOS ban, see :mod:`workbench.contrast.presets`).
 
     Returns:
         A :class:`ContrastEval`.

@@ -1,6 +1,8 @@
 """Self-contrast decoding panel: prompt, beta and alpha sliders, weak routing, side-by-side outputs.
 
-Press *Decode* (or call :meth:`ContrastPanel.run`) to decode the prompt greedily and with SCMoE;
+Press *Decode* (or call :meth:`ContrastPanel.run`) to decode the prompt greedily and with SCMoE
+under the chosen preset (the workbench default, or ``"scmoe"``: the reference code's prompt tokens
+and EOS ban, see :mod:`workbench.contrast.presets`);
 the two outputs are shown side by side, the tokens where the contrast changed the choice are
 highlighted, and hovering a token shows its strong/weak probabilities and contrast score. The
 export bar writes the per-token explanation as CSV.
@@ -15,6 +17,9 @@ Example:
     >>> panel.weak.value = "top1"
     >>> panel.run().method
     'scmoe'
+    >>> panel.preset.value = "scmoe"   # the paper code's definitions: no BOS added, EOS banned
+    >>> lm.tokenizer.eos_token_id in panel.run().token_ids
+    False
     >>> [p.name for p in panel.export_bar.export("csv")]
     ['scmoe_explanation.csv', 'greedy_explanation.csv']
 """
@@ -42,11 +47,12 @@ class ContrastPanel(W.VBox):
         weak: initial weak routing (a name of :data:`~workbench.contrast.WEAK_CHOICES`).
         max_new_tokens: tokens to generate per run.
         stop: stop string(s).
+        preset: None (the workbench default) or ``"scmoe"`` (the reference code's definitions).
         folder: where the export bar writes.
     """
 
     def __init__(self, lm, prompt: str = "", beta: float = 0.5, alpha: float = 0.1, weak: str = "rank2",
-                 max_new_tokens: int = 32, stop=None, folder="exports"):
+                 max_new_tokens: int = 32, stop=None, preset: str | None = None, folder="exports"):
         self.lm = lm
         self.stop = stop
         self.greedy = None
@@ -63,18 +69,23 @@ class ContrastPanel(W.VBox):
                                style={"description_width": "90px"})
         self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=256, description="max tokens",
                                           continuous_update=False, style={"description_width": "90px"})
+        self.preset = W.Dropdown(options=[("workbench: BOS first, stop at EOS", None),
+                                          ("scmoe: the paper's code (tokenizer's tokens, EOS banned)", "scmoe")],
+                                 value=preset, description="preset", style={"description_width": "90px"},
+                                 layout=W.Layout(width="460px"))
         self.button = W.Button(description="Decode", icon="play", button_style="primary")
         self.output = W.HTML(value="<i>press Decode</i>")
         self.export_bar = ExportBar(self._tables, folder=folder)
         self.export_bar.format.value = "csv"
         self.button.on_click(lambda _b: self._safe_run())
         super().__init__([self.prompt, W.HBox([self.beta, self.alpha]),
-                          W.HBox([self.weak, self.max_new_tokens, self.button]), self.output, self.export_bar])
+                          W.HBox([self.weak, self.max_new_tokens, self.button]), self.preset, self.output,
+                          self.export_bar])
 
     def run(self):
         """Decode the prompt greedily and with SCMoE under the current controls; returns the SCMoE
         :class:`~workbench.contrast.result.Generation`."""
-        kwargs = {"max_new_tokens": int(self.max_new_tokens.value), "stop": self.stop}
+        kwargs = {"max_new_tokens": int(self.max_new_tokens.value), "stop": self.stop, "preset": self.preset.value}
         self.greedy = generate_greedy(self.lm, self.prompt.value, **kwargs)
         self.scmoe = generate(self.lm, self.prompt.value, beta=float(self.beta.value),
                               alpha=float(self.alpha.value), weak=self.weak.value, **kwargs)
