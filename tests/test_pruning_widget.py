@@ -52,3 +52,19 @@ def test_panel_reports_errors_in_its_status_line(tiny, tmp_path):
     panel.save_button.click()
     assert "prune first" in panel.status.value
     assert not panel.lm.probes.active
+
+
+def test_panel_switches_to_the_lu2024_calibration(tiny, tmp_path):
+    from workbench import pruning
+
+    lm = tiny("mixtral")
+    texts = TEXTS * 30
+    panel = PruningPanel(lm, texts, ROWS, folder=tmp_path)
+    default = panel.run()
+    panel.preset.value = "lu2024"
+    lu = panel.run()
+    assert lu.settings["units"].startswith("lu2024") and "chunked" in default.settings["units"]
+    assert lu.kept == pruning.Pruner(lm, texts, preset="lu2024", progress=False).prune(keep=lu.keep).kept
+    assert panel.calibrate().num_tokens == sum(len(u[2]) for u in panel.pruner.units)
+    panel.preset.value = None
+    assert panel.run().settings["units"] == default.settings["units"]

@@ -10,6 +10,9 @@
   a ``wb.Skip`` edit, saved in a checkpoint's config and re-applied by ``workbench.load``.
 * :func:`perplexity`, :func:`compare`, :func:`speed` — held-out evaluation and timing.
 * :func:`demo_split` — the demo's held-out documents split into calibration and evaluation parts.
+* ``preset="lu2024"`` (of :class:`Pruner` and :func:`calibrate_skipping`) — Lu et al.'s calibration
+  units, their code's stream of fixed blocks (:class:`StreamBlocks`, :mod:`workbench.pruning.presets`);
+  the default chunks each document on its own.
 
 Example:
     >>> import workbench as wb
@@ -29,6 +32,7 @@ Example:
 from workbench.pruning.calibration import demo_split
 from workbench.pruning.evaluate import compare, perplexity, ppl_table, speed
 from workbench.pruning.plots import kept_map, loss_plot, ppl_plot, skip_plot
+from workbench.pruning.presets import PRESETS, StreamBlocks, stream_blocks
 from workbench.pruning.pruner import METHODS, Pruner, keep_count, prune
 from workbench.pruning.result import PruningResult
 from workbench.pruning.search import LayerChoice
@@ -36,7 +40,7 @@ from workbench.pruning.skipping import SkipCalibration, calibrate_skipping, save
 from workbench.pruning.slicing import UnsupportedPruning, prune_model, save_pruned
 from workbench.pruning.subsets import Groups, PruningConstraintError
 
-__all__ = ["METHODS", "Groups", "LayerChoice", "Pruner", "PruningConstraintError", "PruningResult",
-           "SkipCalibration", "UnsupportedPruning", "calibrate_skipping", "compare", "demo_split", "keep_count",
-           "kept_map", "loss_plot", "perplexity", "ppl_plot", "ppl_table", "prune", "prune_model", "save_pruned",
-           "saved_skipping_off", "skip_plot", "speed"]
+__all__ = ["METHODS", "PRESETS", "Groups", "LayerChoice", "Pruner", "PruningConstraintError", "PruningResult",
+           "SkipCalibration", "StreamBlocks", "UnsupportedPruning", "calibrate_skipping", "compare", "demo_split",
+           "keep_count", "kept_map", "loss_plot", "perplexity", "ppl_plot", "ppl_table", "prune", "prune_model",
+           "save_pruned", "saved_skipping_off", "skip_plot", "speed", "stream_blocks"]

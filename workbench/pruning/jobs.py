@@ -8,7 +8,9 @@
   (``workbench.load`` re-applies them) and ``skipping.csv``.
 
 Calibration text: a ``.txt``/``.jsonl`` file, or by default the calibration part of the demo's
-held-out documents (:func:`~workbench.pruning.calibration.demo_split`).
+held-out documents (:func:`~workbench.pruning.calibration.demo_split`), cut into units by the
+workbench default (documents chunked and padded) or by ``preset="lu2024"`` (Lu et al.'s stream of
+fixed blocks; :mod:`workbench.pruning.presets`).
 
 Example:
     >>> from workbench.pruning.jobs import calibration_texts
@@ -41,30 +43,32 @@ def calibration_texts(path, per_domain: int = 16, sample: int | None = None, see
 
 
 def prune_job(lm, texts, out, *, keep=None, share=None, method="enumerate", progressive=False, seed=0,
-              batch_size=8, max_length=None, max_subsets=None, beam_width=1, skip=False, progress=True):
+              batch_size=None, max_length=None, max_subsets=None, beam_width=1, skip=False, progress=True,
+              preset=None):
     """Prune, write the checkpoint and ``pruning.csv`` to ``out``; returns the :class:`PruningResult`."""
     from workbench.pruning.pruner import MAX_SUBSETS, Pruner
     from workbench.pruning.skipping import calibrate_skipping
 
     pruner = Pruner(lm, texts, batch_size=batch_size, max_length=max_length,
-                    max_subsets=max_subsets or MAX_SUBSETS, beam_width=beam_width, progress=progress)
+                    max_subsets=max_subsets or MAX_SUBSETS, beam_width=beam_width, progress=progress, preset=preset)
     result = pruner.prune(keep, share=share, method=method, seed=seed, progressive=progressive)
     cal = None
     if skip:
         cal = calibrate_skipping(result.apply(lm), texts, batch_size=batch_size, max_length=max_length,
-                                 progress=progress)
+                                 progress=progress, preset=preset)
     result.save_checkpoint(lm, out, skip=cal)
     if cal is not None:
         cal.save(Path(out) / "skipping.csv")
     return result
 
 
-def skip_job(lm, texts, out, *, scale=1.0, batch_size=8, max_length=None, progress=True):
+def skip_job(lm, texts, out, *, scale=1.0, batch_size=None, max_length=None, progress=True, preset=None):
     """Calibrate thresholds, write the model with them and ``skipping.csv`` to ``out``."""
     from workbench.pruning.skipping import calibrate_skipping, check_scale, saved_skipping_off
 
     check_scale(scale)  # before the calibration runs, not after
     with saved_skipping_off(lm):
-        cal = calibrate_skipping(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+        cal = calibrate_skipping(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress,
+                                 preset=preset)
     cal.save_checkpoint(lm, out, scale=scale)
     return cal

@@ -13,6 +13,10 @@ a layer cache with every expert's output (:func:`workbench.replay.capture`). Eac
 * ``progressive=True`` — each layer's inputs are re-collected with the earlier layers already
   pruned (the target outputs stay the unpruned model's).
 
+Calibration units (``preset``): by default each document is chunked and the chunks padded into
+batches; ``preset="lu2024"`` cuts Lu et al.'s stream of fixed blocks instead (shuffled, joined,
+remainder dropped), exactly as their code does (:mod:`workbench.pruning.presets`).
+
 Example:
     >>> import workbench as wb
     >>> from workbench.testing import tiny_model
@@ -25,6 +29,9 @@ Example:
     (6, [6, 6], ['enumerate', 'enumerate'])
     >>> pruner.prune(keep=6, method="frequency").total_loss >= res.total_loss
     True
+    >>> lu = Pruner(lm, ["The quick brown fox jumps over the lazy dog."] * 60, preset="lu2024", progress=False)
+    >>> lu.prune(keep=6).settings["units"]   # shuffled, joined, cut into blocks of the tokenizer's 256 tokens
+    'lu2024: 2 block(s) of 256 tokens, 512 tokens in all'
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 
 from workbench.pruning.calibration import texts_of
 from workbench.pruning.loss import LossScorer
+from workbench.pruning.presets import PRESETS, block_units, default_units, resolve_preset
 from workbench.pruning.result import PruningResult
 from workbench.pruning.search import (
     LayerChoice,
@@ -77,8 +85,12 @@ class Pruner:
         lm: the unpruned :class:`~workbench.loading.MoEModel` (with a tokenizer).
         texts: calibration texts (strings, or rows with a ``"text"``).
         batch_size: chunks per calibration batch: the capture's forward batch and the unit whose
-            Frobenius norms are summed.
-        max_length: chunk length in tokens (default: the model's context, at most 2048).
+            Frobenius norms are summed (default 8; the preset's under a preset).
+        max_length: chunk length in tokens (default: the model's context, at most 2048); not with
+            a preset, whose blocks have their own length.
+        preset: None (the workbench default: each document chunked, chunks padded into batches),
+            ``"lu2024"`` (Lu et al.'s stream of fixed 2,048-token blocks, seed 42) or a
+            :class:`~workbench.pruning.presets.StreamBlocks` with other settings.
         max_subsets: switch-over size: ``"enumerate"`` searches exhaustively while a layer has at
             most this many allowed drop sets, else by beam search.
         beam_width: width of that beam search (1 = greedy elimination).
@@ -87,14 +99,21 @@ class Pruner:
         backend: recombine backend (None: the default).
     """
 
-    def __init__(self, lm, texts, *, batch_size: int = 8, max_length: int | None = None,
+    def __init__(self, lm, texts, *, batch_size: int | None = None, max_length: int | None = None,
                  max_subsets: int = MAX_SUBSETS, beam_width: int = 1, cache_dir=None, progress: bool = True,
-                 backend: str | None = None):
+                 backend: str | None = None, preset=None):
         if lm.tokenizer is None:
             raise ValueError("pruning needs the model's tokenizer; pass one to wb.wrap(model, tokenizer)")
         self.lm, self.texts = lm, texts_of(texts)
         if not self.texts:
             raise ValueError("no calibration texts given")
+        self.preset = resolve_preset(preset)
+        self.preset_name = next((k for k, v in PRESETS.items() if v == self.preset and preset == k), None)
+        if self.preset is not None and (max_length is not None or cache_dir is not None):
+            raise ValueError("a calibration preset cuts its own blocks and keeps the caches in memory: drop "
+                             "max_length=/cache_dir=, or set the block length with preset=StreamBlocks(block_size=N)")
+        if batch_size is None:
+            batch_size = 8 if self.preset is None else self.preset.batch_size
         if batch_size < 1 or max_subsets < 1 or beam_width < 1:
             raise ValueError("batch_size, max_subsets and beam_width must all be at least 1")
         self.batch_size, self.max_length = int(batch_size), max_length
@@ -102,19 +121,48 @@ class Pruner:
         self.cache_dir, self.progress, self.backend = cache_dir, progress, backend
         self.groups = Groups.of(lm.rule, lm.num_experts, lm.top_k)
         self._caches = None
+        self._units = None
         self._scorers: dict[int, LossScorer] = {}
 
     # -- calibration ---------------------------------------------------------------------
     @property
+    def units(self) -> list:
+        """The calibration units ``(unit, start, ids)``: document chunks, or the preset's blocks."""
+        if self._units is None:
+            from workbench.replay.capture import chunk_length
+
+            self._units = (default_units(self.lm, self.texts, chunk_length(self.lm, self.max_length))
+                           if self.preset is None else block_units(self.lm, self.texts, self.preset))
+            if not self._units:
+                raise ValueError("the calibration texts gave no tokens")
+        return self._units
+
+    def describe_units(self) -> str:
+        """One line: how the calibration text was cut (e.g. ``'lu2024: 8 block(s) of 2048 tokens, ...'``)."""
+        if self.preset is None:
+            return f"documents chunked and padded ({len(self.units)} chunks)"
+        name = self.preset_name or repr(self.preset)
+        total = sum(len(u[2]) for u in self.units)
+        return (f"{name}: {len(self.units)} block(s) of {self.preset.size(self.lm.tokenizer)} tokens, "
+                f"{total} tokens in all")
+
+    @property
     def caches(self):
         """The layer caches (captured on first use)."""
         if self._caches is None:
-            from workbench.replay import capture
-
             with saved_skipping_off(self.lm):
-                self._caches = capture(self.lm, self.texts, candidates="all", batch_size=self.batch_size,
-                                       max_length=self.max_length, out=self.cache_dir, progress=self.progress,
-                                       backend=self.backend)
+                if self.preset is None:
+                    from workbench.replay import capture
+
+                    self._caches = capture(self.lm, self.texts, candidates="all", batch_size=self.batch_size,
+                                           max_length=self.max_length, out=self.cache_dir, progress=self.progress,
+                                           backend=self.backend)
+                else:
+                    from workbench.pruning.unit_capture import capture_units
+
+                    self._caches = capture_units(self.lm, self.units, batch_size=self.batch_size,
+                                                 progress=self.progress, backend=self.backend,
+                                                 texts=len(self.texts))
         return self._caches
 
     def scorer(self, layer: int) -> LossScorer:
@@ -197,7 +245,8 @@ class Pruner:
         cache0 = self.caches[layers[0]]
         settings = {"seed": seed, "batch_size": self.batch_size, "batches": self.scorer(layers[0]).num_batches,
                     "max_length": cache0.meta.get("max_length"), "tokens": cache0.num_tokens,
-                    "texts": len(self.texts), "max_subsets": self.max_subsets, "beam_width": self.beam_width}
+                    "texts": len(self.texts), "max_subsets": self.max_subsets, "beam_width": self.beam_width,
+                    "units": self.describe_units()}
         return PruningResult(self.lm.name, self.lm.fingerprint, self.lm.num_experts, self.lm.top_k, keep, method,
                              choices, progressive, settings)
 
@@ -206,13 +255,12 @@ class Pruner:
         """``layer``'s cache with inputs from the model with earlier layers pruned, targets unchanged."""
         from workbench.probes.edits import Mask, edit
         from workbench.replay.cache import LayerCache
-        from workbench.replay.capture import _run_layer, _units, expert_columns, pad_id, shared_part
+        from workbench.replay.capture import _run_layer, expert_columns, pad_id, shared_part
 
         base = self.caches[layer]
         lm = self.lm
-        units = _units(lm, self.texts, int(base.meta["max_length"]), True)
         with saved_skipping_off(lm), edit(lm, Mask({k: v for k, v in dropped.items() if v})):
-            got = _run_layer(lm, layer, units, self.batch_size, pad_id(lm), None)
+            got = _run_layer(lm, layer, self.units, self.batch_size, pad_id(lm), None)
         if got["x"].shape[0] != base.num_tokens:
             raise RuntimeError("the progressive pass saw a different number of tokens than the capture")
         outputs, cand = expert_columns(lm, layer, got["x"], got["logits"], lm.num_experts, self.backend)
@@ -226,8 +274,9 @@ class Pruner:
 
     def __repr__(self) -> str:
         n = "not yet captured" if self._caches is None else f"{self.num_tokens} tokens"
+        units = "" if self._units is None else f"{self.describe_units()}, "
         return (f"Pruner({self.lm.adapter.name}, E={self.lm.num_experts}, k={self.lm.top_k}; {len(self.texts)} "
-                f"calibration texts, {n}; batch_size={self.batch_size}, max_subsets={self.max_subsets:,})")
+                f"calibration texts, {units}{n}; batch_size={self.batch_size}, max_subsets={self.max_subsets:,})")
 
 
 def prune(lm, texts, keep: int | None = None, *, share: float | None = None, method: str = "enumerate",

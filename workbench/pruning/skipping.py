@@ -3,7 +3,10 @@
 For each MoE layer, ``beta_l`` is the median over calibration tokens of ``w_i / w_1``: each
 lower-ranked routing weight against the token's first (for ``k = 2`` just ``w_2 / w_1``; for
 ``k > 2`` the ratios of every lower rank are pooled). Weights and ranks are the family rule's own
-(:func:`~workbench.kernels.route` on the router logits), exactly what the skip edit sees. At
+(:func:`~workbench.kernels.route` on the router logits), exactly what the skip edit sees. The
+calibration tokens come from documents chunked on their own (the default) or, with
+``preset="lu2024"``, from Lu et al.'s stream of fixed blocks (:mod:`workbench.pruning.presets`; their
+``method/dynamic_skipping.py`` takes the same median over every block token). At
 inference ``wb.Skip(beta)`` empties slot ``i >= 1`` when ``w_i < beta_l * w_1`` and rescales the
 remaining weights to the token's original total (renormalised families: to 1).
 
@@ -40,7 +43,8 @@ from tqdm.auto import tqdm
 
 from workbench.kernels.routing import Decision, route, skip
 from workbench.loading import SKIP_CONFIG_KEY as SKIP_KEY
-from workbench.replay.capture import _units, chunk_length, pad_id, padded_batches
+from workbench.pruning.presets import block_units, default_units, resolve_preset
+from workbench.replay.capture import chunk_length, pad_id, padded_batches
 
 
 def check_scale(scale) -> float:
@@ -62,15 +66,26 @@ def saved_skipping_off(lm):
         yield
 
 
-@torch.no_grad()
-def router_logits(lm, texts, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True
-                  ) -> dict[int, torch.Tensor]:
-    """``{layer: [T, E] float32}`` router logits of every (non-padding) token of ``texts``, on the CPU."""
+def calibration_units(lm, texts, preset=None, max_length: int | None = None) -> list:
+    """``(unit, start, ids)`` calibration units: document chunks, or the preset's stream blocks."""
     if lm.tokenizer is None:
         raise ValueError("this model has no tokenizer; pass one to wb.wrap(model, tokenizer)")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string (wrap it: [text])")
-    units = _units(lm, list(texts), chunk_length(lm, max_length), True)
+    spec = resolve_preset(preset)
+    if spec is None:
+        return default_units(lm, list(texts), chunk_length(lm, max_length))
+    if max_length is not None:
+        raise ValueError("a calibration preset cuts its own blocks: drop max_length=, or set the block length "
+                         "with preset=StreamBlocks(block_size=N)")
+    return block_units(lm, list(texts), spec)
+
+
+@torch.no_grad()
+def router_logits(lm, texts, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True,
+                  preset=None) -> dict[int, torch.Tensor]:
+    """``{layer: [T, E] float32}`` router logits of every (non-padding) token of ``texts``, on the CPU."""
+    units = calibration_units(lm, texts, preset, max_length)
     if not units:
         raise ValueError("no calibration text given")
     got: dict[int, list] = {layer: [] for layer in lm.moe_layers}
@@ -237,16 +252,18 @@ def _fingerprint_without_beta(lm) -> str:
         setattr(config, SKIP_KEY, saved)
 
 
-def calibrate_skipping(lm, texts, *, batch_size: int = 8, max_length: int | None = None, progress: bool = True
-                       ) -> SkipCalibration:
+def calibrate_skipping(lm, texts, *, batch_size: int | None = None, max_length: int | None = None,
+                       progress: bool = True, preset=None) -> SkipCalibration:
     """Calibrate per-layer skipping thresholds ``beta_l`` on ``texts``.
 
     Args:
         lm: a :class:`~workbench.loading.MoEModel` with a tokenizer and ``k >= 2``.
         texts: calibration texts.
-        batch_size: chunks per forward pass.
+        batch_size: chunks per forward pass (default 8, or the preset's).
         max_length: chunk length in tokens (default: the model's context, at most 2048).
         progress: show a progress bar.
+        preset: None (documents chunked), ``"lu2024"`` (Lu et al.'s stream of fixed blocks) or a
+            :class:`~workbench.pruning.presets.StreamBlocks`.
 
     Returns:
         A :class:`SkipCalibration`; ``beta`` is ``numpy.median`` of the pooled ratios, clipped to 1
@@ -255,7 +272,10 @@ def calibrate_skipping(lm, texts, *, batch_size: int = 8, max_length: int | None
     if lm.top_k < 2:
         raise ValueError(f"dynamic skipping drops lower-ranked experts; this model routes each token to k={lm.top_k} "
                          "expert, so there is nothing to skip")
-    logits = router_logits(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress)
+    spec = resolve_preset(preset)
+    if batch_size is None:
+        batch_size = 8 if spec is None else spec.batch_size
+    logits = router_logits(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress, preset=spec)
     beta, decisions = {}, {}
     for layer, z in logits.items():
         bias = lm.selection_bias(layer)

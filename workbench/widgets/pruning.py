@@ -2,6 +2,9 @@
 
 Wiring only; the work is done by :mod:`workbench.pruning`:
 
+0. *calibration* — the workbench default (each document chunked, chunks padded into batches) or
+   ``"lu2024"``, Lu et al.'s code's stream of fixed blocks (:mod:`workbench.pruning.presets`); each
+   choice keeps its own :class:`~workbench.pruning.Pruner` and layer caches.
 1. *Prune* — :meth:`~workbench.pruning.Pruner.prune` with the chosen ``r`` and method (layer caches
    are captured on the first run and reused); the kept/pruned map and the loss per layer (the chosen
    method next to the frequency and random baselines at the same ``r``) appear.
@@ -28,6 +31,9 @@ Example:
     True
     >>> panel.evaluate().condition.unique().tolist()
     ['original', 'enumerate r=6', 'skipping (β × 1.00)']
+    >>> panel.preset.value = "lu2024"
+    >>> panel.run().settings["units"].startswith("lu2024")
+    True
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class PruningPanel(W.VBox):
         calibration: calibration texts (or ``{"text"}`` rows).
         evaluation: labelled held-out rows ``[{"text", "label"}]`` for perplexity per domain.
         pruner: a ready :class:`~workbench.pruning.Pruner` (its caches are reused); default: built here.
+        preset: the initial calibration: None (the workbench default) or ``"lu2024"`` (ignored when
+            ``pruner`` is given: its own preset is the initial one).
         max_tokens: tokens per evaluation document.
         folder: where the export bar and the checkpoint button write.
 
@@ -87,10 +95,18 @@ class PruningPanel(W.VBox):
     """
 
     def __init__(self, lm, calibration, evaluation=None, *, pruner=None, max_tokens: int = 256,
-                 folder="exports"):
+                 folder="exports", preset=None):
         self.lm, self.evaluation_rows, self.max_tokens = lm, list(evaluation or []), max_tokens
-        self.pruner = pruner or pruning.Pruner(lm, calibration, progress=False)
+        self.pruner = pruner or pruning.Pruner(lm, calibration, progress=False, preset=preset)
         self.texts = self.pruner.texts
+        first = self.pruner.preset_name or (None if self.pruner.preset is None else "given")
+        self._pruners = {first: self.pruner}
+        options = [("workbench: each document chunked, padded", None),
+                   ("lu2024: Lu et al.'s stream of fixed blocks", "lu2024")]
+        if first == "given":
+            options.append((f"the given pruner's blocks ({self.pruner.preset})", "given"))
+        self.preset = W.Dropdown(options=options, value=first, description="calibration", style=NARROW,
+                                 layout=W.Layout(width="420px"))
         self.result = self.calibration = self.evaluation_table = self.pruned = None
         self.baselines: list = []
         keeps = self.pruner.groups.valid_keeps()
@@ -132,7 +148,8 @@ class PruningPanel(W.VBox):
         self.evaluate_button.on_click(lambda _b: self._safe(self.evaluate))
         self.save_button.on_click(lambda _b: self._safe(self.save_checkpoint))
         super().__init__([
-            W.HBox([self.keep, self.share]), W.HBox([self.method, self.progressive, self.seed, self.run_button]),
+            self.preset, W.HBox([self.keep, self.share]),
+            W.HBox([self.method, self.progressive, self.seed, self.run_button]),
             self.kept_fig, self.loss_fig, self.table,
             W.HBox([self.calibrate_button, self.beta_scale]), self.skip_fig,
             self.evaluate_button, self.ppl_fig, self.ppl_table,
@@ -158,9 +175,18 @@ class PruningPanel(W.VBox):
             self.status.value = (f"<span style='color:#D55E00'>{html.escape(type(err).__name__)}: "
                                  f"{html.escape(str(err))}</span>")
 
+    def _current_pruner(self):
+        """The pruner of the chosen calibration (built, and its caches captured, on first use)."""
+        key = self.preset.value
+        if key not in self._pruners:
+            self._pruners[key] = pruning.Pruner(self.lm, self.texts, progress=False, preset=key)
+        self.pruner = self._pruners[key]
+        return self.pruner
+
     # -- actions -------------------------------------------------------------------------
     def run(self):
         """Prune with the current controls; returns the :class:`~workbench.pruning.PruningResult`."""
+        self._current_pruner()
         keep, seed = int(self.keep.value), int(self.seed.value)
         self.result = self.pruner.prune(keep=keep, method=self.method.value, seed=seed,
                                         progressive=bool(self.progressive.value))
@@ -170,13 +196,15 @@ class PruningPanel(W.VBox):
         _set_figure(self.kept_fig, self.result.plot())
         _set_figure(self.loss_fig, pruning.loss_plot([self.result, *self.baselines]))
         frame = self.result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss", "evaluated", "seconds"]]
-        self.table.value = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        self.table.value = (f"<p>calibration: {html.escape(self.pruner.describe_units())}</p>"
+                            + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
         return self.result
 
     def calibrate(self):
         """Calibrate skipping thresholds on the calibration texts (original model)."""
         with pruning.saved_skipping_off(self.lm):
-            self.calibration = pruning.calibrate_skipping(self.lm, self.texts, progress=False)
+            self.calibration = pruning.calibrate_skipping(self.lm, self.texts, progress=False,
+                                                          preset=self._current_pruner().preset)
         self._show_skipping()
         return self.calibration
 
@@ -212,7 +240,8 @@ class PruningPanel(W.VBox):
             raise ValueError("prune first (press Prune)")
         skip = None
         if self.with_beta.value:
-            skip = pruning.calibrate_skipping(self.result.apply(self.lm), self.texts, progress=False)
+            skip = pruning.calibrate_skipping(self.result.apply(self.lm), self.texts, progress=False,
+                                              preset=self.pruner.preset)
         out = self.result.save_checkpoint(self.lm, folder or self.checkpoint.value, skip=skip)
         self.status.value = f"wrote the pruned checkpoint to {html.escape(str(out))}"
         return out
