@@ -13,6 +13,12 @@ Kinds (:data:`KINDS`):
 Similarity (:meth:`MoEEmbedder.similarity`) is the cosine for ``hs``, ``rw`` and ``concat`` and the
 sum similarity (a dot product of the sum vectors) for ``sum``.
 
+``preset="moee"`` reproduces the reference code instead of these defaults
+(:mod:`workbench.embeddings.preset`): its prompt rewriting and quoted plain template, its RW unit
+(raw logits; softmax scores for DeepSeek), and z-scoring within each batch of ``zscore_batch`` (64)
+consecutive texts: ``hs`` raw, ``rw`` z-scored, ``concat`` = z([HS, RW]), ``sum`` = the cosines of
+z(HS) and z(RW) summed. Vectors then depend on the texts embedded together, as in the reference.
+
 Example:
     >>> import workbench as wb
     >>> from workbench.testing import tiny_model
@@ -23,6 +29,9 @@ Example:
     >>> emb = emb.fit(["some reference text", "another one", "12 + 34 = 46"])
     >>> emb.embed(["a cat sat"], kind="concat").shape
     (1, 48)
+    >>> paper = MoEEmbedder(wb.wrap(*tiny_model("olmoe")), preset="moee")
+    >>> paper.config.unit, paper.config.template
+    ('logits', '"{text}"')
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.embeddings.extract import PADDING_SIDES, UNITS, EmbeddingParts, extract, unit_description
+from workbench.embeddings.preset import ZSCORE_BATCH, batch_zscore, check_preset, reference_unit, resolve_moee_template
 from workbench.embeddings.similarity import Standardizer, check_alpha, cosine_matrix, sum_vectors
 from workbench.embeddings.templates import resolve_template
 
@@ -55,6 +65,8 @@ class EmbedderConfig:
     padding_side: str = "right"
     max_length: int | None = None
     truncation: str = "left"
+    preset: str | None = None
+    zscore_batch: int = ZSCORE_BATCH
 
 
 def check_kind(kind: str) -> str:
@@ -70,16 +82,25 @@ class MoEEmbedder:
         lm: a :class:`~workbench.loading.MoEModel` with a tokenizer.
         template: ``"none"``, ``"prompteol"`` or a custom ``{text}`` string.
         unit: RW unit: ``"probs"`` (default), ``"logits"`` or ``"weights"``
-            (see :mod:`workbench.embeddings.extract`).
+            (see :mod:`workbench.embeddings.extract`); the preset's unit under a preset.
         layers: MoE decoder-layer indices for RW (default: all).
         alpha: default weight of RW in the sum similarity.
         batch_size, padding_side, max_length, truncation: how texts are batched
             (see :func:`~workbench.embeddings.extract.extract`); results do not depend on them.
+        preset: None (the workbench default) or ``"moee"``, the reference code's prompts, unit and
+            per-batch standardisation (:mod:`workbench.embeddings.preset`).
+        zscore_batch: texts per standardisation batch under the preset (the reference's 64).
     """
 
-    def __init__(self, lm, *, template: str | None = "none", unit: str = "probs", layers=None,
+    def __init__(self, lm, *, template: str | None = "none", unit: str | None = None, layers=None,
                  alpha: float = 1.0, batch_size: int = 8, padding_side: str = "right",
-                 max_length: int | None = None, truncation: str = "left"):
+                 max_length: int | None = None, truncation: str = "left", preset: str | None = None,
+                 zscore_batch: int = ZSCORE_BATCH):
+        check_preset(preset)
+        if unit is None:
+            unit = reference_unit(lm) if preset == "moee" else "probs"
+        if int(zscore_batch) < 1:
+            raise ValueError(f"zscore_batch must be at least 1, got {zscore_batch}")
         if unit not in UNITS:
             raise ValueError(f"unknown RW unit {unit!r}; choose one of {', '.join(UNITS)}")
         if padding_side not in PADDING_SIDES:
@@ -89,8 +110,9 @@ class MoEEmbedder:
         if bad or not layers:
             raise ValueError(f"layers {bad or '[]'} are not MoE layers; choose among {lm.moe_layers}")
         self.lm = lm
-        self.config = EmbedderConfig(resolve_template(template), unit, layers, check_alpha(alpha),
-                                     int(batch_size), padding_side, max_length, truncation)
+        template = resolve_moee_template(template) if preset == "moee" else resolve_template(template)
+        self.config = EmbedderConfig(template, unit, layers, check_alpha(alpha), int(batch_size), padding_side,
+                                     max_length, truncation, preset, int(zscore_batch))
         self.hs_stats = Standardizer()
         self.rw_stats = Standardizer()
         self.reference_size = 0
@@ -98,8 +120,9 @@ class MoEEmbedder:
     # -- describing ----------------------------------------------------------------------
     @property
     def fitted(self) -> bool:
-        """Whether standardisation statistics are present (needed for ``kind="concat"``)."""
-        return self.hs_stats.fitted and self.rw_stats.fitted
+        """Whether ``kind="concat"`` can be computed: standardisation statistics are present, or the
+        preset standardises each batch itself."""
+        return self.config.preset is not None or (self.hs_stats.fitted and self.rw_stats.fitted)
 
     def dims(self, kind: str) -> int:
         """Vector length of ``kind``."""
@@ -109,8 +132,12 @@ class MoEEmbedder:
     def describe(self) -> str:
         """One line: model, template, RW unit and layers."""
         c = self.config
-        fitted = f"fitted on {self.reference_size} texts" if self.fitted else "not fitted"
-        return (f"MoEE on {self.lm.adapter.name} (E={self.lm.num_experts}): template {c.template!r}; "
+        if c.preset is not None:
+            fitted = f"per batch of {c.zscore_batch} texts ({c.preset} preset: the reference code's)"
+        else:
+            fitted = f"fitted on {self.reference_size} texts" if self.fitted else "not fitted"
+        prompts = " with the reference's rewriting" if c.preset is not None else ""
+        return (f"MoEE on {self.lm.adapter.name} (E={self.lm.num_experts}): template {c.template!r}{prompts}; "
                 f"RW = {unit_description(self.lm.rule, c.unit)} at layers {c.layers}; alpha={c.alpha:g}; "
                 f"standardisation {fitted}")
 
@@ -123,7 +150,7 @@ class MoEEmbedder:
         c = self.config
         return extract(self.lm, texts, template=c.template, unit=c.unit, layers=c.layers,
                        batch_size=batch_size or c.batch_size, padding_side=c.padding_side, max_length=c.max_length,
-                       truncation=c.truncation, progress=progress)
+                       truncation=c.truncation, progress=progress, preprocess=c.preset)
 
     def fit(self, texts, progress: bool = False) -> "MoEEmbedder":
         """Fit the standardisation statistics of HS and RW on reference ``texts`` (at least 2).
@@ -139,9 +166,12 @@ class MoEEmbedder:
         return self
 
     def vectors(self, parts: EmbeddingParts, kind: str = "sum", alpha: float | None = None) -> np.ndarray:
-        """``[N, D]`` float32 vectors of ``kind`` from precomputed :meth:`parts`."""
+        """``[N, D]`` float32 vectors of ``kind`` from precomputed :meth:`parts` (under the preset,
+        standardised in batches of consecutive rows: pass the parts of one ``encode`` call)."""
         check_kind(kind)
         self._check_parts(parts)
+        if self.config.preset is not None:
+            return self._preset_vectors(parts, kind, self.config.alpha if alpha is None else alpha)
         if kind == "hs":
             return parts.hs.astype(np.float32)
         if kind == "rw":
@@ -150,6 +180,17 @@ class MoEEmbedder:
             return sum_vectors(parts.hs, parts.rw, self.config.alpha if alpha is None else alpha)
         self._require_fitted()
         return np.concatenate([self.hs_stats.transform(parts.hs), self.rw_stats.transform(parts.rw)], axis=1)
+
+    def _preset_vectors(self, parts: EmbeddingParts, kind: str, alpha: float) -> np.ndarray:
+        """The reference's vectors (``moee.py`` lines 223-241): HS raw, the rest z-scored per batch."""
+        size = self.config.zscore_batch
+        if kind == "hs":
+            return parts.hs.astype(np.float32)
+        if kind == "rw":
+            return batch_zscore(parts.rw, size)
+        if kind == "concat":
+            return batch_zscore(np.concatenate([parts.hs, parts.rw], axis=1), size)
+        return sum_vectors(batch_zscore(parts.hs, size), batch_zscore(parts.rw, size), alpha)
 
     def embed(self, texts, kind: str = "sum", alpha: float | None = None, progress: bool = False,
               batch_size: int | None = None) -> np.ndarray:
@@ -176,10 +217,10 @@ class MoEEmbedder:
     def _check_parts(self, parts: EmbeddingParts) -> None:
         c = self.config
         if len(parts) and (parts.unit != c.unit or list(parts.layers) != list(c.layers)
-                           or parts.template != c.template):
+                           or parts.template != c.template or parts.meta.get("preprocess", c.preset) != c.preset):
             raise ValueError(f"these parts were computed with unit={parts.unit!r}, layers={parts.layers}, "
-                             f"template={parts.template!r}; this embedder uses unit={c.unit!r}, "
-                             f"layers={c.layers}, template={c.template!r}")
+                             f"template={parts.template!r}, preset={parts.meta.get('preprocess')!r}; this embedder "
+                             f"uses unit={c.unit!r}, layers={c.layers}, template={c.template!r}, preset={c.preset!r}")
 
     # -- saving --------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -190,9 +231,9 @@ class MoEEmbedder:
         path.mkdir(parents=True, exist_ok=True)
         info = {"schema_version": SCHEMA_VERSION, "config": asdict(self.config),
                 "fingerprint": self.lm.fingerprint, "model": self.lm.name,
-                "reference_size": self.reference_size, "fitted": self.fitted}
+                "reference_size": self.reference_size, "fitted": self.hs_stats.fitted and self.rw_stats.fitted}
         (path / CONFIG_FILE).write_text(json.dumps(info, indent=2))
-        if self.fitted:
+        if info["fitted"]:
             save_file({"hs_mean": self.hs_stats.mean, "hs_std": self.hs_stats.std,
                        "rw_mean": self.rw_stats.mean, "rw_std": self.rw_stats.std}, str(path / STATS_FILE))
         return path

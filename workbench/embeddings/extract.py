@@ -7,6 +7,10 @@ padding give the same vectors. Position ids are computed from the mask, so a lef
 the same positions as when it is alone. Texts are batched longest first to waste little padding;
 the result is returned in input order and does not depend on the batching.
 
+Prompts: ``template`` wraps each text (:mod:`workbench.embeddings.templates`); with
+``preprocess="moee"`` the text is first rewritten as the MoEE reference code does (a final ``"."``,
+``"`` to ``'``, ``_`` to a space, stripped; :func:`workbench.embeddings.preset.moee_prompt`).
+
 RW units (``unit``):
 
 * ``"probs"`` (default) — the router's scores as probabilities: softmax over all ``E`` experts for
@@ -117,10 +121,21 @@ def check_texts(texts) -> list[str]:
     return texts
 
 
-def _token_ids(lm, texts, template, max_length: int, truncation: str) -> list[list[int]]:
+def prompt_of(text: str, template: str, preprocess: str | None = None) -> str:
+    """The prompt a text is embedded as: ``template`` applied, after the preset's rewriting."""
+    if preprocess is None:
+        return apply_template(text, template)
+    if preprocess == "moee":
+        from workbench.embeddings.preset import moee_prompt
+
+        return moee_prompt(text, template)
+    raise ValueError(f"unknown preprocess {preprocess!r}; use None or 'moee'")
+
+
+def _token_ids(lm, texts, template, max_length: int, truncation: str, preprocess=None) -> list[list[int]]:
     out = []
     for i, text in enumerate(texts):
-        ids = list(lm.tokenizer(apply_template(text, template), verbose=False)["input_ids"])
+        ids = list(lm.tokenizer(prompt_of(text, template, preprocess), verbose=False)["input_ids"])
         if len(ids) > max_length:
             if truncation == "error":
                 raise ValueError(f"text {i} has {len(ids)} tokens, more than max_length={max_length}; "
@@ -178,7 +193,7 @@ class _LastToken:
 @torch.no_grad()
 def extract(lm, texts, *, template: str | None = "none", unit: str = "probs", layers=None,
             batch_size: int = 8, padding_side: str = "right", max_length: int | None = None,
-            truncation: str = "left", progress: bool = False) -> EmbeddingParts:
+            truncation: str = "left", progress: bool = False, preprocess: str | None = None) -> EmbeddingParts:
     """HS and RW of every text at its last real token.
 
     Args:
@@ -194,6 +209,7 @@ def extract(lm, texts, *, template: str | None = "none", unit: str = "probs", la
             still sees the end of the text and the template), the ``"right"``-truncated start, or
             raise (``"error"``).
         progress: show a progress bar.
+        preprocess: None, or ``"moee"`` to rewrite each text as the MoEE reference code does.
 
     Returns:
         :class:`EmbeddingParts` with ``hs [N, H]`` and ``rw [N, L*E]``.
@@ -220,7 +236,7 @@ def extract(lm, texts, *, template: str | None = "none", unit: str = "probs", la
         from workbench.probes.record import _default_max_length
 
         max_length = _default_max_length(lm)
-    seqs = _token_ids(lm, texts, template, int(max_length), truncation)
+    seqs = _token_ids(lm, texts, template, int(max_length), truncation, preprocess)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     decoder, device = decoder_of(lm), lm.device
@@ -245,4 +261,4 @@ def extract(lm, texts, *, template: str | None = "none", unit: str = "probs", la
     finally:
         lm.probes.remove_listener(listener)
     return EmbeddingParts(hs_out, rw_out, layers, lm.num_experts, unit, template,
-                          {"padding_side": padding_side, "max_length": int(max_length)})
+                          {"padding_side": padding_side, "max_length": int(max_length), "preprocess": preprocess})

@@ -1,9 +1,11 @@
 """An ipywidgets panel for comparing text embeddings: projections side by side for every kind,
 a similarity heatmap, an α slider for MoEE sum, a nearest-neighbour search box and export.
 
-Texts are embedded once (:meth:`MoEEmbedder.parts`); every control only recombines the stored
-parts through :mod:`workbench.embeddings.explore`. If the embedder is not fitted, its
-standardisation (for ``concat``) is fitted on the given texts.
+Texts are embedded once per preset (:meth:`MoEEmbedder.parts`); every other control only recombines
+the stored parts through :mod:`workbench.embeddings.explore`. If the embedder is not fitted, its
+standardisation (for ``concat``) is fitted on the given texts. The *preset* control switches
+between the workbench default and ``"moee"``, the reference code's prompts, RW unit and per-batch
+standardisation (:mod:`workbench.embeddings.preset`), on the same model, template and layers.
 
 Example:
     >>> import workbench as wb
@@ -15,6 +17,9 @@ Example:
     >>> ex.query.value = "a cow"
     >>> ex.neighbours_table.label.tolist()[:1] in (["en"], ["code"])
     True
+    >>> ex.preset.value = "moee"
+    >>> ex.embedder.config.unit, ex.embedder.config.template
+    ('logits', '"{text}"')
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ class EmbeddingExplorer:
         self.parts = embedder.parts(texts)
         if not embedder.fitted:
             embedder.fit(self.parts)
+        self._embedders = {embedder.config.preset: (embedder, self.parts)}
+        self.preset = W.Dropdown(options=[("workbench default", None), ("moee: the reference code's", "moee")],
+                                 value=embedder.config.preset, description="preset")
+        self.title = W.HTML(f"<b>{html.escape(embedder.describe())}</b>")
         self.alpha = W.FloatSlider(value=embedder.config.alpha, min=0.0, max=10.0, step=0.1,
                                    description="α (sum)", continuous_update=False)
         self.kind = W.Dropdown(options=available_kinds(embedder), value="sum", description="heatmap")
@@ -70,11 +79,11 @@ class EmbeddingExplorer:
         self.export_bar = ExportBar(self._export_items, folder=folder, prefix="embeddings_")
         self.alpha.observe(self._on_alpha, names="value")
         self.kind.observe(lambda _: self._update_heatmap(), names="value")
+        self.preset.observe(self._on_preset, names="value")
         self.query.observe(lambda _: self.search(), names="value")
         self.k.observe(lambda _: self.search() if self.query.value.strip() else None, names="value")
         self.widget = W.VBox([
-            W.HTML(f"<b>{html.escape(embedder.describe())}</b>"),
-            self.alpha, self.projection_fig,
+            self.title, W.HBox([self.preset, self.alpha]), self.projection_fig,
             W.HBox([self.heatmap_fig, W.VBox([self.kind, W.HBox([self.query, self.k]), self.results])]),
             self.export_bar,
         ])
@@ -91,6 +100,30 @@ class EmbeddingExplorer:
         with self.heatmap_fig.batch_update():
             self.heatmap_fig.data[0].z = new.data[0].z
             self.heatmap_fig.layout.title.text = new.layout.title.text
+
+    def _twin(self, preset):
+        """The embedder of ``preset`` with this one's model, template, layers and batching."""
+        from workbench.embeddings import MoEEmbedder
+        from workbench.embeddings.preset import MOEE_TEMPLATES
+        from workbench.embeddings.templates import TEMPLATES
+
+        c = self.embedder.config
+        names = {**{v: k for k, v in TEMPLATES.items()}, **{v: k for k, v in MOEE_TEMPLATES.items()}}
+        emb = MoEEmbedder(self.embedder.lm, template=names.get(c.template, c.template), layers=c.layers,
+                          alpha=c.alpha, batch_size=c.batch_size, max_length=c.max_length, preset=preset)
+        parts = emb.parts(self.texts)
+        if not emb.fitted:
+            emb.fit(parts)
+        return emb, parts
+
+    def _on_preset(self, change) -> None:
+        if change["new"] not in self._embedders:
+            self._embedders[change["new"]] = self._twin(change["new"])
+        self.embedder, self.parts = self._embedders[change["new"]]
+        self.title.value = f"<b>{html.escape(self.embedder.describe())}</b>"
+        self._on_alpha(None)
+        if self.kind.value != "sum":
+            self._update_heatmap()
 
     def _on_alpha(self, _change) -> None:
         self.table = projections(self.embedder, self.parts, self.texts, self.labels, alpha=self.alpha.value)
