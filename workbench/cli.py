@@ -106,6 +106,11 @@ def _cmd_steer(args) -> int:
     return 0
 
 
+def _preset(args):
+    """``--preset``: None for the workbench default, else the paper preset's name."""
+    return None if args.preset in (None, "workbench") else args.preset
+
+
 def _cmd_contrast(args) -> int:
     import codecs
 
@@ -116,7 +121,8 @@ def _cmd_contrast(args) -> int:
     tasks = read_tasks(args.tasks)[: args.sample]
     stop = [codecs.decode(s, "unicode_escape") for s in args.stop] or None
     result = evaluate(lm, tasks, [GREEDY, scmoe(args.beta, args.alpha, args.weak)],
-                      max_new_tokens=args.max_new_tokens, stop=stop, bos=not args.no_bos, progress=not args.quiet)
+                      max_new_tokens=args.max_new_tokens, stop=stop, bos=False if args.no_bos else None,
+                      eos=args.eos, preset=_preset(args), progress=not args.quiet)
     result.save(args.out)
     print(result.summary().to_string(index=False))
     print(f"wrote {Path(args.out) / 'outputs.jsonl'} and {Path(args.out) / 'summary.csv'}")
@@ -127,7 +133,8 @@ def _cmd_embed(args) -> int:
     """Write MoEE embeddings of a text file as an ``[N, D]`` float32 ``.npy`` (input order).
 
     ``concat`` standardises HS and RW with statistics fitted on the input texts themselves, or on
-    ``--reference`` texts when given, or taken from a saved ``--embedder`` folder.
+    ``--reference`` texts when given, or taken from a saved ``--embedder`` folder; with ``--preset
+    moee`` every batch of 64 input texts is standardised on its own, as the reference code does.
     """
     import workbench as wb
     from workbench.embeddings import MoEEmbedder
@@ -141,7 +148,7 @@ def _cmd_embed(args) -> int:
         layers = [int(x) for x in args.layers.split(",")] if args.layers else None
         emb = MoEEmbedder(lm, template=args.template, unit=args.unit, layers=layers,
                           alpha=1.0 if args.alpha is None else args.alpha, batch_size=args.batch_size,
-                          max_length=args.max_length)
+                          max_length=args.max_length, preset=_preset(args))
     reference = read_texts(args.reference)[0] if args.reference else None
     matrix = embed_to_file(emb, texts, args.kind, args.out, alpha=args.alpha, reference=reference,
                            progress=not args.quiet)
@@ -165,7 +172,7 @@ def _cmd_prune(args) -> int:
     result = prune_job(lm, texts, args.out, keep=args.keep, share=args.share, method=args.method,
                        progressive=args.progressive, seed=args.seed, batch_size=args.batch_size,
                        max_length=args.max_length, max_subsets=args.max_subsets, beam_width=args.beam_width,
-                       skip=args.skip, progress=not args.quiet)
+                       skip=args.skip, progress=not args.quiet, preset=_preset(args))
     print(result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss"]].to_string(index=False))
     print(f"wrote the pruned checkpoint (r={result.keep}) and {Path(args.out) / 'pruning.csv'}")
     return 0
@@ -176,7 +183,7 @@ def _cmd_skip(args) -> int:
 
     lm, texts = _calibration(args)
     cal = skip_job(lm, texts, args.out, scale=args.scale, batch_size=args.batch_size, max_length=args.max_length,
-                   progress=not args.quiet)
+                   progress=not args.quiet, preset=_preset(args))
     print(cal.to_dataframe(args.scale).to_string(index=False))
     print(f"wrote the checkpoint with thresholds in its config and {Path(args.out) / 'skipping.csv'}")
     return 0
@@ -192,8 +199,11 @@ def _calibration_args(cmd) -> None:
     cmd.add_argument("--per-domain", type=int, default=16, help="demo split: calibration documents per domain")
     cmd.add_argument("--sample", type=int, default=None, help="use the first N calibration texts only")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the demo split and of --method random")
-    cmd.add_argument("--batch-size", type=int, default=8, help="chunks per calibration batch")
+    cmd.add_argument("--batch-size", type=int, default=None, help="chunks per calibration batch (default 8)")
     cmd.add_argument("--max-length", type=int, default=None, help="chunk length in tokens")
+    cmd.add_argument("--preset", choices=["workbench", "lu2024"], default="workbench",
+                     help="calibration units: workbench (documents chunked and padded) or lu2024 (Lu et al.'s "
+                          "code: documents shuffled with seed 42, joined, cut into 2048-token blocks)")
     cmd.add_argument("--device", default=None)
     cmd.add_argument("--trust-remote-code", action="store_true")
     cmd.add_argument("--quiet", action="store_true")
@@ -279,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--stop", action="append", default=[], help="stop string (repeatable; '\\n' = newline)")
     con.add_argument("--sample", type=int, default=None, help="evaluate the first N tasks only")
     con.add_argument("--no-bos", action="store_true", help="do not put the tokenizer's BOS before prompts")
+    con.add_argument("--eos", choices=["stop", "ban"], default=None,
+                     help="at an end-of-sequence token: stop (default) or ban it (the SCMoE code)")
+    con.add_argument("--preset", choices=["workbench", "scmoe"], default="workbench",
+                     help="workbench (BOS first, stop at EOS) or scmoe: the reference code's definitions "
+                          "(the tokenizer's own special tokens, EOS banned)")
     con.add_argument("--device", default=None)
     con.add_argument("--trust-remote-code", action="store_true")
     con.add_argument("--quiet", action="store_true")
@@ -294,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="texts to fit concat's standardisation on (default: the input texts)")
     emb.add_argument("--embedder", default=None, help="a saved MoEEmbedder folder (overrides the options below)")
     emb.add_argument("--template", default="none", help='"none", "prompteol" or a custom "...{text}..."')
-    emb.add_argument("--unit", choices=["probs", "logits", "weights"], default="probs", help="RW unit")
+    emb.add_argument("--unit", choices=["probs", "logits", "weights"], default=None,
+                     help="RW unit (default probs; the preset's under --preset moee)")
+    emb.add_argument("--preset", choices=["workbench", "moee"], default="workbench",
+                     help="workbench (text as is, probs, standardisation fitted once) or moee: the reference "
+                          "code's prompt rewriting, raw logits, z-scores per batch of 64 texts")
     emb.add_argument("--layers", default=None, help="comma-separated MoE layers for RW (default: all)")
     emb.add_argument("--batch-size", type=int, default=8)
     emb.add_argument("--max-length", type=int, default=None)
