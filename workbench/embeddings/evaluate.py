@@ -9,7 +9,9 @@ and a retrieval task built from the documents themselves.
   MRR, ranking by the method's similarity (cosine; the sum similarity for MoEE sum).
 
 :func:`compare` runs HS, RW, MoEE concat, MoEE sum over a grid of α and, when installed, the
-MiniLM anchor, and returns one table. Needs scikit-learn (``dev`` extra).
+MiniLM anchor, and returns one table. :func:`agreement` says how closely two embedders' pairwise
+similarities follow each other (e.g. the workbench default against ``preset="moee"``, the
+reference code's definitions). Needs scikit-learn (``dev`` extra).
 
 Example:
     >>> import workbench as wb
@@ -166,6 +168,38 @@ def compare(embedder, texts, labels, *, alphas=(0.1, 0.3, 1.0, 3.0, 10.0), ancho
                  f"{embedder.describe()}")
     table.attrs["notes"] = notes
     return table
+
+
+def agreement(a, b, texts, kinds=("rw", "concat", "sum"), alpha: float = 1.0) -> pd.DataFrame:
+    """Pearson correlation of two embedders' pairwise similarities over ``texts``, per kind.
+
+    Args:
+        a, b: :class:`~workbench.embeddings.MoEEmbedder` (fitted, or a preset, for ``concat``).
+        texts: the texts (all pairs ``i < j`` are compared).
+        kinds: the kinds to compare.
+        alpha: RW weight of ``sum``.
+
+    Returns:
+        One row per kind: ``kind``, ``pearson``, ``pairs``.
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> from workbench.embeddings import MoEEmbedder
+        >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+        >>> texts = ["a cat", "a dog", "def f(x): pass", "12 + 34 = 46"]
+        >>> table = agreement(MoEEmbedder(lm).fit(texts), MoEEmbedder(lm), texts, kinds=["hs"])
+        >>> table.pearson.round(6).tolist()
+        [1.0]
+    """
+    pa, pb = a.parts(texts), b.parts(texts)
+    upper = np.triu_indices(len(texts), k=1)
+    rows = []
+    for kind in kinds:
+        x = a.similarity(pa, kind=kind, alpha=alpha)[upper]
+        y = b.similarity(pb, kind=kind, alpha=alpha)[upper]
+        rows.append({"kind": kind, "pearson": float(np.corrcoef(x, y)[0, 1]), "pairs": int(x.size)})
+    return pd.DataFrame(rows)
 
 
 def format_table(table: pd.DataFrame) -> list[str]:
