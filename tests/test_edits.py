@@ -40,13 +40,23 @@ def test_mask_next_best_removes_experts_and_keeps_k(family, tiny, texts):
     assert edited.k == base.k
 
 
+def _mask_topk(lm):
+    return [wb.Mask({lm.moe_layers[0]: [0, 1]}), wb.TopK(1)]
+
+
+def _offset(lm):
+    layers = [x for x in lm.moe_layers if x not in lm.hash_layers]
+    return [wb.Offset(on={layers[0]: [1]}, off={layers[-1]: [0, 2]})]
+
+
+@pytest.mark.parametrize("edits", [_mask_topk, _offset], ids=["mask_topk", "offset"])
 @pytest.mark.parametrize("family", EDIT_FAMILIES)
-def test_model_is_restored_exactly_even_after_an_exception(family, tiny, texts):
+def test_model_is_restored_exactly_even_after_an_exception(family, edits, tiny, texts):
     lm = tiny(family)
     params = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     before = _logits(lm, texts)
     with pytest.raises(RuntimeError, match="boom"):
-        with wb.edit(lm, wb.Mask({lm.moe_layers[0]: [0, 1]}), wb.TopK(1)):
+        with wb.edit(lm, *edits(lm)):
             during = _logits(lm, texts)
             raise RuntimeError("boom")
     assert not torch.equal(before, during)
@@ -190,4 +200,45 @@ def test_bad_specs_raise_clearly(tiny):
         wb.edit(lm)
     with pytest.raises(ValueError, match="do not fit"):
         wb.edit(lm, wb.Force({0: [1, 2, 3]}))
+    assert not lm.probes.active
+
+
+def test_force_slot_does_not_renormalise_but_offset_does(tiny, texts):
+    lm = tiny("qwen3_moe")
+    assert issubclass(wb.ForceSlot, wb.Force)
+    base = wb.record(lm, texts, progress=False)
+    with wb.edit(lm, wb.ForceSlot({0: [5]})):
+        forced = wb.record(lm, texts, progress=False)
+    with wb.edit(lm, wb.Offset(on={0: [5]})):
+        offset = wb.record(lm, texts, progress=False)
+    for trace in (forced, offset):
+        assert (trace.topk_idx[0] == 5).any(axis=1).all()
+    already = (base.topk_idx[0] == 5).any(axis=1)
+    sums = forced.topk_w[0].sum(axis=1)
+    assert (sums[~already] > 1).all() and sums[~already].mean() > 1.2  # the top-1 weight replaces the last
+    assert abs(offset.topk_w[0].sum(axis=1) - 1).max() < 1e-5  # the family's softmax -> top-k -> renormalise
+    # the activated expert becomes the token's best expert: the first slot
+    assert (offset.topk_idx[0][:, 0] == 5).all()
+
+
+def test_offset_specs_compose_and_refuse_clearly(tiny, texts):
+    lm = tiny("mixtral")  # k = 2
+    with wb.edit(lm, wb.Offset(on={0: [3]}), wb.Offset(off={0: [4]}), wb.Mask({1: [0]})):
+        plan = lm.probes.plan_for(lm.probes.active_specs(0), 0)
+        both = wb.record(lm, texts, progress=False)
+    assert plan.activated == {3} and plan.deactivated == {4}
+    assert (both.topk_idx[0] == 3).any(axis=1).all() and not (both.topk_idx[0] == 4).any()
+    assert not (both.topk_idx[1] == 0).any()
+    with pytest.raises(ValueError, match="both on= and off="):
+        wb.Offset(on={0: [1]}, off={0: [1]})
+    with pytest.raises(ValueError, match="needs experts"):
+        wb.Offset()
+    with pytest.raises(ValueError, match=">= 0"):
+        wb.Offset(on={0: [1]}, margin=-1)
+    with pytest.raises(ValueError, match="fit_to_k"):
+        wb.edit(lm, wb.Offset(on={0: [1, 2, 3]}))
+    with pytest.raises(ValueError, match="conflicting Offset"):
+        wb.edit(lm, wb.Offset(on={0: [1]}), wb.Offset(off={0: [1]}))
+    with pytest.raises(ValueError, match="out of range"):
+        wb.edit(lm, wb.Offset(off={0: [9]}))
     assert not lm.probes.active

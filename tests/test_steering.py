@@ -227,3 +227,24 @@ def test_demo_german_experts_are_found_and_steer_generation():
     assert (contrast.table.head(3).q < 0.05).all()  # language-linked experts exist in a trained model
     table = steering.compare(lm, sets["german"][:6], contrast.top(10), "off", mode="empty", max_new_tokens=8)
     assert (table.baseline != table.steered).any()
+
+
+def test_pipeline_never_passes_experts_with_t_at_most_zero_as_top(tiny):
+    """Regression (issue 17): the pipeline once steered the first ``top`` rows of the table, which
+    include experts with t <= 0 whenever fewer than ``top`` have a positive contrast."""
+    from workbench.steering.pipeline import steer_sets
+
+    lm = tiny("qwen3_moe")
+    a = ["Der Hund ist hier und da", "Die Katze ist nicht da", "Das Haus ist groß und alt"]
+    b = ["The dog is here and there", "The cat is not there", "The house is big and old"]
+    top = 8
+    with pytest.warns(UserWarning, match="only"):
+        contrast, exp = steer_sets(lm, a, b, top=top, seeds=(0,), max_new_tokens=2, prompt_tokens=3,
+                                   permutations=20, progress=False)
+    t = {(int(r.layer), int(r.expert)): r.t for r in contrast.table.itertuples()}
+    first_rows = [(int(r.layer), int(r.expert)) for r in contrast.table.head(top).itertuples()]
+    assert any(t[p] <= 0 for p in first_rows), "the test needs t <= 0 experts among the first rows"
+    steered = [tuple(map(int, p)) for p in exp.top]
+    assert steered and all(t[p] > 0 for p in steered)
+    off = exp.table.set_index("condition").loc["top_off", "experts"].split()
+    assert all(t[(int(x[1:x.index("/")]), int(x[x.index("E") + 1:]))] > 0 for x in off)

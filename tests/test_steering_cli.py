@@ -74,3 +74,23 @@ def test_steer_sets_steers_only_experts_set_a_uses_more(tiny):
     steered = {tuple(int(x) for x in pair) for pair in experiment.top}
     assert steered and steered <= positive
     assert len(steered) == min(8, len(positive))
+
+
+def test_cli_steer_steermoe_preset(checkpoint, tmp_path, capsys):
+    a, b = write_jsonl(tmp_path / "a.jsonl", GERMAN), write_jsonl(tmp_path / "b.jsonl", ENGLISH)
+    out = tmp_path / "out"
+    code = main(["steer", "--model", str(checkpoint), "--a", str(a), "--b", str(b), "--top", "3", "--preset",
+                 "steermoe", "--activate", "2", "--out", str(out), "--seeds", "2", "--max-new-tokens", "3",
+                 "--prompt-tokens", "6", "--permutations", "20", "--quiet"])
+    assert code == 0
+    experts = pd.read_csv(out / "experts.csv")
+    assert experts.risk_diff.is_monotonic_decreasing and "t" in experts.columns
+    experiment = pd.read_csv(out / "experiment.csv")
+    assert experiment.condition.tolist() == ["baseline", "switch", "random_switch", "random_switch"]
+    switched = experiment.experts.iloc[1].split()
+    off = [f"-L{r.layer}/E{r.expert}" for r in experts.head(3).itertuples()]
+    assert [x for x in switched if x.startswith("-")] == off
+    assert 1 <= sum(x.startswith("+") for x in switched) <= 2
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["preset"] == "steermoe"
+    assert "effect switch - random_switch" in capsys.readouterr().out

@@ -63,3 +63,21 @@ def test_errors_show_in_status(panel):
     panel.set_b.value = "de"
     panel.rank_button.click()
     assert "two different sets" in panel.status.value
+
+
+def test_steermoe_method_preselects_both_sides_and_runs_its_design(panel):
+    panel.set_b.value = "en"
+    panel.rank()
+    panel.preset.value = "steermoe"
+    panel.top_n.value = 2
+    panel.activate_n.value = 2
+    contrast = panel.contrast
+    assert panel.selected == list(contrast.top(2, by="risk_diff"))
+    on, _ = __import__("workbench").steering.select_steermoe(contrast, 2, 0, panel.lm.top_k)
+    assert panel.activated == on and on
+    table = panel.generate()
+    assert list(table.columns) == ["prompt", "baseline", "steered"]
+    panel.seeds.value = 1
+    exp = panel.run_experiment()
+    assert exp.table.condition.tolist() == ["baseline", "switch", "random_switch"]
+    assert exp.activated == on

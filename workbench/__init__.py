@@ -15,7 +15,7 @@ from workbench.adapters import (Adapter, UnsupportedModelError, adapter_for, get
                                 registered_model_types, supported_model_types)
 from workbench.kernels import RoutingRule
 from workbench.loading import MoEModel, describe, load, wrap
-from workbench.probes import Force, KeepRank, Mask, Skip, Spec, TopK, TopP, edit, record
+from workbench.probes import Force, ForceSlot, KeepRank, Mask, Offset, Skip, Spec, TopK, TopP, edit, record
 from workbench.pruning import Pruner, PruningResult, SkipCalibration, calibrate_skipping, prune_model
 from workbench.store import StoreBusyError, StoredTrace, StoreError, convert_trace, open_trace
 from workbench.trace import RoutingTrace, TraceMismatchError
@@ -23,7 +23,7 @@ from workbench.trace import RoutingTrace, TraceMismatchError
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adapter", "adapter_for", "describe", "registered_model_types", "Force", "KeepRank", "Mask", "MoEModel", "RoutingRule", "RoutingTrace", "Skip", "Spec",
+    "Adapter", "adapter_for", "describe", "registered_model_types", "Force", "ForceSlot", "KeepRank", "Mask", "MoEModel", "Offset", "RoutingRule", "RoutingTrace", "Skip", "Spec",
     "TopK", "TopP", "TraceMismatchError", "UnsupportedModelError", "edit", "get_adapter", "load",
     "record", "register", "supported_model_types", "wrap",
     "Pruner", "PruningResult", "SkipCalibration", "calibrate_skipping", "prune_model",

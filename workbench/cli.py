@@ -100,7 +100,8 @@ def _cmd_steer(args) -> int:
     contrast, experiment = steer_sets(
         lm, a_texts, b_texts, top=args.top, out=args.out, prompt_tokens=args.prompt_tokens or None,
         seeds=range(args.seeds), mode=args.mode, on_weight=args.weight, max_new_tokens=args.max_new_tokens,
-        measure=args.measure, permutations=args.permutations, figures=args.figures, progress=not args.quiet)
+        measure=args.measure, permutations=args.permutations, figures=args.figures, progress=not args.quiet,
+        preset=args.preset, activate=args.activate)
     print("\n".join(experiment.report_lines()))
     print(f"wrote {Path(args.out) / 'experts.csv'} and {Path(args.out) / 'experiment.csv'}")
     return 0
@@ -260,14 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     steer.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
     steer.add_argument("--a", required=True, help="JSONL of set A (one {\"text\": ...} a line)")
     steer.add_argument("--b", required=True, help="JSONL of set B")
-    steer.add_argument("--top", type=int, default=10, help="N: experts to switch off / force on")
+    steer.add_argument("--top", type=int, default=10, help="N: experts to switch off / on")
+    steer.add_argument("--preset", choices=["workbench", "steermoe"], default="workbench",
+                       help="workbench: Welch-t ranking, MoTE's off / random off / on; steermoe: risk-difference "
+                            "ranking, set B's experts on and set A's off in one edit vs as many random experts")
+    steer.add_argument("--activate", type=int, default=None,
+                       help="steermoe: set-B experts to switch on (at most k per layer; default 4)")
     steer.add_argument("--out", required=True, help="folder for experts.csv, experiment.csv, ...")
     steer.add_argument("--force", action="store_true",
                      help="write into a non-empty folder the workbench did not make (default: refuse)")
     steer.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt (0 = whole text)")
     steer.add_argument("--seeds", type=int, default=3, help="random-expert controls")
     steer.add_argument("--mode", choices=["next_best", "empty"], default="next_best", help="switch-off semantics")
-    steer.add_argument("--weight", type=float, default=None, help="weight of forced experts (default: top-1)")
+    steer.add_argument("--weight", type=float, default=None,
+                       help="force experts on into a slot with this weight, no renormalisation (default: the "
+                            "offset mechanism, weights from the family's own normalisation)")
     steer.add_argument("--max-new-tokens", type=int, default=24)
     steer.add_argument("--measure", choices=["count", "weight"], default="count")
     steer.add_argument("--permutations", type=int, default=1000)

@@ -12,6 +12,10 @@ weights depend only on the selected experts (:func:`selection_local`): only the 
 whose own top-k contains a blocked expert are routed again, by the same ``route`` on a narrow slice
 of the token's expert ranking. This is what makes thousands of candidate masks cheap.
 
+Plans with score offsets (``activated``/``deactivated``, SteerMoE) rewrite the logits first, once per
+distinct offset, and are then routed like the others on the rewritten logits, by every backend
+(:func:`route_offsets`).
+
 Example:
     >>> import torch
     >>> from workbench.kernels import RoutingPlan, RoutingRule
@@ -26,6 +30,9 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import replace
+
+from workbench.kernels.offsets import offset_scores, offset_scores_reference
 from workbench.kernels.routing import (
     Decision, RoutingPlan, empty_slots, force, route, route_rank, route_top_p, scores,
 )
@@ -134,7 +141,38 @@ def check_plans(plans, num_experts: int) -> list[RoutingPlan]:
 
 def group_key(plan: RoutingPlan) -> tuple:
     """Plans with equal keys choose experts the same way and can be routed in one call."""
-    return (plan.mode, plan.k, plan.top_p, plan.rank, plan.rank_weight, plan.forced)
+    return (plan.mode, plan.k, plan.top_p, plan.rank, plan.rank_weight, plan.forced, plan.activated,
+            plan.deactivated, plan.offset_margin)
+
+
+def _offset_reference(logits: torch.Tensor, rule: RoutingRule, on, off, margin) -> torch.Tensor:
+    rows = [offset_scores_reference(row, rule, on, off, margin) for row in logits.float().tolist()]
+    return torch.tensor(rows, dtype=torch.float32, device=logits.device).view(logits.shape)
+
+
+def route_offsets(logits: torch.Tensor, rule: RoutingRule, plans, bias, route_fn, reference: bool = False
+                  ) -> PlanDecisions | None:
+    """Route plans some of which carry score offsets; None when none does.
+
+    The plans are grouped by their offsets; each group's logits are rewritten once
+    (:func:`~workbench.kernels.offsets.offset_scores`, or its plain-Python reference when
+    ``reference``) and routed by ``route_fn(logits, rule, plans, bias)`` with the offsets taken off
+    the plans, so every backend routes them by the same code as any other plan.
+    """
+    if not any(p.offsets for p in plans):
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(plans):
+        groups.setdefault((p.activated, p.deactivated, p.offset_margin), []).append(i)
+    shift = _offset_reference if reference else offset_scores
+    parts: dict[int, Decision] = {}
+    for (on, off, margin), members in groups.items():
+        rewritten = shift(logits, rule, on, off, margin) if on or off else logits
+        plain = [replace(plans[i], activated=frozenset(), deactivated=frozenset()) for i in members]
+        d = route_fn(rewritten, rule, plain, bias)
+        for j, i in enumerate(members):
+            parts[i] = d.decision(j)
+    return stack([parts[i] for i in range(len(plans))])
 
 
 def drop_emptied(d: Decision, emptied: torch.Tensor) -> Decision:
@@ -262,6 +300,9 @@ def route_plans_torch(logits: torch.Tensor, rule: RoutingRule, plans, bias: torc
                       ) -> PlanDecisions:
     """Torch path of :func:`route_plans`."""
     plans = check_plans(plans, logits.shape[1])
+    shifted = route_offsets(logits, rule, plans, bias, route_plans_torch)
+    if shifted is not None:
+        return shifted
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(plans):
         groups.setdefault(group_key(p), []).append(i)
@@ -297,5 +338,7 @@ def route_plans(logits: torch.Tensor, rule: RoutingRule, plans, bias: torch.Tens
     """
     from workbench.kernels.dispatch import resolve
 
-    _, fn = resolve("route_plans", backend, logits.device)
-    return fn(logits, rule, plans, bias)
+    name, fn = resolve("route_plans", backend, logits.device)
+    plans = check_plans(plans, logits.shape[1])
+    shifted = route_offsets(logits, rule, plans, bias, fn, reference=name == "reference")
+    return fn(logits, rule, plans, bias) if shifted is None else shifted

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench.kernels.offsets import MARGIN, offset_scores
 from workbench.kernels.rules import RoutingRule
 
 NEG_INF = float("-inf")
@@ -64,6 +65,12 @@ class RoutingPlan:
         forced: ``(expert, weight)`` pairs forced into the selection; weight None = the token's
             top-1 weight.
         skip_beta: drop the slot of rank ``i >= 1`` when ``w_i < beta * w_0``, then rescale.
+        activated: experts switched on by a score offset before routing (SteerMoE): the token's
+            largest log-probability + ``offset_margin``, then the family rule with its own
+            normalisation (:func:`~workbench.kernels.offsets.offset_scores`).
+        deactivated: experts switched off the same way: the token's smallest score - ``offset_margin``
+            (chosen only when fewer than ``k`` other experts are left, unlike ``blocked``).
+        offset_margin: the offset beyond the token's extreme scores (0.01 in SteerMoE).
     """
 
     k: int
@@ -76,6 +83,14 @@ class RoutingPlan:
     forced: tuple = ()
     skip_beta: float | None = None
     seed: int | None = None
+    activated: frozenset = field(default_factory=frozenset)
+    deactivated: frozenset = field(default_factory=frozenset)
+    offset_margin: float = MARGIN
+
+    @property
+    def offsets(self) -> bool:
+        """Whether the plan rewrites the router scores before routing (``activated``/``deactivated``)."""
+        return bool(self.activated or self.deactivated)
 
 
 def _allowed_mask(num_tokens: int, num_experts: int, blocked, device) -> torch.Tensor | None:
@@ -360,7 +375,9 @@ def apply_plan(logits: torch.Tensor, rule: RoutingRule, plan: RoutingPlan,
     """Route ``[T, E]`` logits under ``plan`` with the family's rule.
 
     ``positions`` (``[T]`` int) are the tokens' positions in their sequences, used only by
-    ``mode="random"``; None numbers the tokens ``0..T-1``.
+    ``mode="random"``; None numbers the tokens ``0..T-1``. A plan with ``activated`` or
+    ``deactivated`` experts first rewrites the scores (:func:`~workbench.kernels.offsets.offset_scores`),
+    then routes them like any other plan.
 
     Example:
         >>> import torch
@@ -371,8 +388,13 @@ def apply_plan(logits: torch.Tensor, rule: RoutingRule, plan: RoutingPlan,
         [[1, 2]]
         >>> apply_plan(logits, rule, RoutingPlan(k=2, mode="rank", rank=2)).idx.tolist()
         [[2]]
+        >>> d = apply_plan(logits, rule, RoutingPlan(k=2, activated=frozenset({3}), deactivated=frozenset({0})))
+        >>> d.idx.tolist(), round(float(d.w.sum()), 6)
+        ([[3, 1]], 1.0)
     """
     num_tokens, num_experts = logits.shape
+    if plan.offsets:
+        logits = offset_scores(logits, rule, plan.activated, plan.deactivated, plan.offset_margin)
     allowed = _allowed_mask(num_tokens, num_experts, plan.blocked, logits.device)
     if plan.mode == "topk":
         if not 1 <= plan.k <= num_experts:

@@ -155,7 +155,14 @@ class Mask(Spec):
 
 @dataclass(frozen=True)
 class Force(Spec):
-    """Force experts into every token's selection, per layer.
+    """Force experts into every token's selection, per layer: *force into a slot, no renormalisation*.
+
+    The forced expert replaces the token's lowest-ranked slot with a fixed weight (``weight``, or the
+    token's top-1 weight); the other weights are left as they are, so the token's weights no longer
+    sum to what the family's rule gives (e.g. about 1.3 instead of 1 for a renormalising family).
+    :class:`ForceSlot` is the same spec under the name that says so; :class:`Offset` is the default
+    "on" mechanism of :mod:`workbench.steering` (SteerMoE's score offsets, weights from the family's
+    own normalisation).
 
     Args:
         experts: ``{layer: [expert, ...]}`` or ``{layer: {expert: weight}}``.
@@ -193,6 +200,109 @@ class Force(Spec):
 
     def update(self, plan, layer, lm):
         return replace(plan, forced=plan.forced + self.experts.get(layer, ()))
+
+
+@dataclass(frozen=True)
+class ForceSlot(Force):
+    """:class:`Force` under its descriptive name: force experts into a slot, no renormalisation.
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+        >>> with wb.edit(lm, wb.ForceSlot({0: [5]}, weight=0.25)):
+        ...     trace = wb.record(lm, ["hello there"], progress=False)
+        >>> bool((trace.topk_idx[0] == 5).any(axis=-1).all())
+        True
+    """
+
+
+def _offset_map(value, side: str) -> dict[int, tuple]:
+    return _layer_map(f"Offset {side}=", value) if value else {}
+
+
+@dataclass(frozen=True)
+class Offset(Spec):
+    """Switch experts on and off by score offsets (SteerMoE, Fayyaz et al. 2025), in one edit.
+
+    For every token of a layer, the router's scores become log-probabilities; each expert in ``on``
+    gets the token's largest + ``margin`` (it becomes the token's best expert), each expert in
+    ``off`` the token's smallest - ``margin`` (chosen only when fewer than ``k`` others are left);
+    then the family's own rule routes them, so the weights come out of its normalisation
+    (softmax -> top-k -> renormalise for Qwen-MoE and Mixtral: they sum to 1). Sigmoid families are
+    offset on their logits and keep their whole rule (selection bias, groups). See
+    :mod:`workbench.kernels.offsets` for the maths and the reference code it follows.
+
+    Args:
+        on: ``{layer: [expert, ...]}`` to activate (at most ``k`` per layer).
+        off: ``{layer: [expert, ...]}`` to deactivate.
+        margin: how far beyond the token's extreme scores (SteerMoE: 0.01).
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+        >>> with wb.edit(lm, wb.Offset(on={0: [5]}, off={0: [1, 2]})):
+        ...     trace = wb.record(lm, ["hello there"], progress=False)
+        >>> bool((trace.topk_idx[0] == 5).any(axis=-1).all()), bool((trace.topk_idx[0] == 1).any())
+        (True, False)
+        >>> [round(float(x), 4) for x in trace.topk_w[0].sum(axis=-1)][:3]  # renormalised, unlike Force
+        [1.0, 1.0, 1.0]
+    """
+
+    on: Mapping = field(default_factory=dict)
+    off: Mapping = field(default_factory=dict)
+    margin: float = 0.01
+
+    def __post_init__(self):
+        super().__post_init__()
+        on, off = _offset_map(self.on, "on"), _offset_map(self.off, "off")
+        if not on and not off:
+            raise ValueError("Offset needs experts to switch: on={layer: [expert]} and/or off={layer: [expert]}")
+        for layer in sorted(set(on) & set(off)):
+            both = sorted(set(on[layer]) & set(off[layer]))
+            if both:
+                raise ValueError(f"Offset: experts {both} of layer {layer} are in both on= and off=; "
+                                 "give each expert one side")
+        object.__setattr__(self, "on", on)
+        object.__setattr__(self, "off", off)
+        object.__setattr__(self, "margin", as_number(self.margin, "Offset: margin"))
+        if self.margin < 0:
+            raise ValueError(f"Offset: margin must be >= 0, got {self.margin}")
+        implied = sorted(set(on) | set(off))
+        _check_layers_match("Offset", self.layers, implied)
+        if self.layers is None:
+            object.__setattr__(self, "layers", tuple(implied))
+
+    def validate(self, lm) -> None:
+        super().validate(lm)
+        for layer, experts in self.on.items():
+            _check_experts("Offset", experts, lm)
+            if len(set(experts)) > lm.top_k:
+                raise ValueError(f"Offset: {len(set(experts))} experts to activate at layer {layer} do not fit "
+                                 f"in k={lm.top_k} slots; keep the best-ranked "
+                                 f"(workbench.steering.fit_to_k(experts, {lm.top_k}))")
+        for layer, experts in self.off.items():
+            _check_experts("Offset", experts, lm)
+            left = lm.num_experts - len(set(experts))
+            if left < lm.top_k:
+                warnings.warn(f"Offset: only {left} experts of layer {layer} are not deactivated for k={lm.top_k} "
+                              "slots; deactivated experts fill the rest", stacklevel=4)
+
+    def update(self, plan, layer, lm):
+        on = frozenset(int(e) for e in self.on.get(layer, ()))
+        off = frozenset(int(e) for e in self.off.get(layer, ()))
+        if not on and not off:
+            return plan
+        if plan.offsets and plan.offset_margin != self.margin:
+            raise ValueError(f"conflicting Offset margins at layer {layer}: {plan.offset_margin} and {self.margin}")
+        on, off = plan.activated | on, plan.deactivated | off
+        if on & off:
+            raise ValueError(f"conflicting Offset edits at layer {layer}: experts {sorted(on & off)} are "
+                             "activated by one and deactivated by another")
+        if len(on) > lm.top_k:
+            raise ValueError(f"Offset edits activate {len(on)} experts at layer {layer}, more than k={lm.top_k}")
+        return replace(plan, activated=on, deactivated=off, offset_margin=self.margin)
 
 
 @dataclass(frozen=True)
@@ -322,8 +432,8 @@ class edit:
 
     Args:
         lm: a :class:`~workbench.loading.MoEModel`.
-        *specs: :class:`Mask`, :class:`Force`, :class:`KeepRank`, :class:`TopK`, :class:`TopP`,
-            :class:`Skip` (any number; applied in order).
+        *specs: :class:`Mask`, :class:`Offset`, :class:`Force` (:class:`ForceSlot`), :class:`KeepRank`,
+            :class:`TopK`, :class:`TopP`, :class:`Skip` (any number; applied in order).
     """
 
     def __init__(self, lm, *specs: Spec):
@@ -331,7 +441,7 @@ class edit:
             raise ValueError("edit() needs at least one spec, e.g. wb.Mask({layer: [expert]})")
         for spec in specs:
             if not isinstance(spec, Spec):
-                raise TypeError(f"{spec!r} is not an edit spec (Mask, Force, KeepRank, TopK, TopP, Skip)")
+                raise TypeError(f"{spec!r} is not an edit spec (Mask, Offset, Force, KeepRank, TopK, TopP, Skip)")
             spec.validate(lm)
             named = [layer for layer in spec.layers or () if layer in lm.hash_layers]
             if named:

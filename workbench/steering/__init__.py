@@ -1,5 +1,6 @@
-"""Expert steering in the style of MoTE (Dahlke et al., 2025): find behaviour-linked experts by
-contrasting prompt sets, switch them off or force them on, and measure against random controls.
+"""Expert steering in the style of MoTE (Dahlke et al., 2025) and SteerMoE (Fayyaz et al., 2025):
+find behaviour-linked experts by contrasting prompt sets, switch them off or on, and measure against
+random controls. ``preset="steermoe"`` reproduces SteerMoE's definitions (:mod:`~workbench.steering.presets`).
 
 =====================================  ========================================================
 :func:`find_experts`                   record labelled prompt sets and rank experts (fTRI)
@@ -7,8 +8,11 @@ contrasting prompt sets, switch them off or force them on, and measure against r
 :func:`activation_maps`                per-prompt layer × expert activation maps
 :func:`contrast_heatmap`               layer × expert heatmap of the contrast
 :func:`steer`                          context manager: experts off (two semantics) or on
+:func:`switch`                         context manager: some experts on, others off, in one edit
 :func:`generate` / :func:`compare`     continuations, with and without steering
-:func:`run_experiment`                 baseline / top-N off / random-N off / top-N on, with CIs
+:func:`run_experiment`                 baseline / top-N off / random-N off / top-N on (or SteerMoE's
+                                       switch / random switch), with CIs and effect sizes
+``PRESETS``                            ``"workbench"`` (default) and ``"steermoe"``
 :func:`perplexity`                     the quality check under any edit
 ``behaviour``                          built-in scores: language, code, set classifier
 =====================================  ========================================================
@@ -37,7 +41,14 @@ from workbench.steering.behaviour import (
     set_behaviour,
 )
 from workbench.steering.contrast import ExpertContrast, activation_maps, contrast_experts, find_experts
-from workbench.steering.experiment import CONDITIONS, SteeringExperiment, perplexity, run_experiment
+from workbench.steering.experiment import (
+    ALL_CONDITIONS,
+    CONDITIONS,
+    SteeringExperiment,
+    perplexity,
+    run_experiment,
+)
+from workbench.steering.presets import PRESETS, Preset, get_preset, select_steermoe
 from workbench.steering.plot import contrast_heatmap, experiment_plot
 from workbench.steering.prompts import cut_prompt, demo_rows, prompt_sets, read_jsonl_texts
 from workbench.steering.steer import (
@@ -47,11 +58,15 @@ from workbench.steering.steer import (
     fit_to_k,
     generate,
     random_experts,
+    random_switch,
     steer,
     steering_specs,
+    switch,
+    switch_specs,
 )
 
 __all__ = [
+    "ALL_CONDITIONS", "PRESETS", "Preset", "get_preset", "random_switch", "select_steermoe", "switch", "switch_specs",
     "BEHAVIOURS", "CONDITIONS", "ExpertContrast", "NgramClassifier", "SteeringExperiment", "activation_maps",
     "as_layer_map", "as_pairs", "code_score", "compare", "contrast_experts", "contrast_heatmap", "cut_prompt",
     "demo_rows", "detect_language", "experiment_plot", "find_experts", "fit_to_k", "generate", "is_code",

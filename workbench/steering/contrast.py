@@ -8,6 +8,13 @@ compared per (layer, expert) with Welch's t (respects prompt-to-prompt variance)
 Benjamini-Hochberg q-value and Cohen's d as the effect size. This is MoTE's fTRI (Dahlke et al.,
 2025) with a statistical test on top of the mean difference.
 
+Beside it, every table carries SteerMoE's score (Fayyaz et al., 2025): the *risk difference*
+``risk_diff = rate_a - rate_b`` of activation rates pooled over all tokens of each set, an expert
+being "activated" for a token when it is in the token's top-k (``rank_by="risk_diff"`` sorts by it;
+:func:`~workbench.steering.stats.risk_difference`). The two rank nearly alike when prompts are of
+similar length; Welch's t also weighs the spread between prompts, and the risk difference lets long
+prompts count more.
+
 Shapes: ``D`` prompts (documents of the trace), ``L`` recorded MoE layers, ``E`` experts.
 
 Example:
@@ -37,7 +44,7 @@ from workbench.steering import stats
 
 MEASURES = ("count", "weight")
 TESTS = ("permutation", "welch")
-RANK_BY = ("t", "effect", "diff")
+RANK_BY = ("t", "effect", "diff", "risk_diff")
 
 
 def activation_maps(trace, measure: str = "count", normalize: bool = True) -> np.ndarray:
@@ -72,12 +79,33 @@ def activation_maps(trace, measure: str = "count", normalize: bool = True) -> np
     return maps
 
 
+def pooled_rates(trace, docs: np.ndarray) -> np.ndarray:
+    """``[L * E]`` share of the tokens of the selected documents whose top-k holds each expert.
+
+    Tokens of all the documents count alike (pooled, as SteerMoE does), so a long prompt weighs
+    more than a short one; ``docs`` is a ``[D]`` bool mask.
+    """
+    counts = activation_maps(trace, "count", normalize=False)
+    tokens = np.bincount(trace.materialize().doc, minlength=counts.shape[0])[docs].sum()
+    if tokens == 0:
+        raise ValueError("the selected documents have no tokens")
+    return counts[docs].sum(axis=0).reshape(-1) / float(tokens)
+
+
 def _as_labels(value) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
+
+
+def _ordered(table: pd.DataFrame, by: str, sign: int = 1) -> pd.DataFrame:
+    """``table`` sorted by ``sign * table[by]``, largest first, ties in (layer, expert) order (how the
+    reference's table, built layer by layer, lists equal scores)."""
+    frame = table.sort_values(["layer", "expert"], kind="mergesort")
+    order = np.argsort(-(sign * frame[by].to_numpy()), kind="stable")
+    return frame.iloc[order]
 
 
 class RankedExperts(list):
@@ -95,7 +123,9 @@ class ExpertContrast:
     Attributes:
         table: one row per (layer, expert), best first: ``rank``, ``layer``, ``expert``,
             ``mean_a``, ``mean_b``, ``diff`` (``mean_a - mean_b``), ``t`` (Welch), ``effect``
-            (Cohen's d), ``p`` (two-sided), ``q`` (Benjamini-Hochberg).
+            (Cohen's d), ``p`` (two-sided, of ``t``), ``q`` (Benjamini-Hochberg), ``rate_a``,
+            ``rate_b`` (share of the set's tokens whose top-k holds the expert, pooled over prompts)
+            and ``risk_diff`` (``rate_a - rate_b``, SteerMoE's score).
         means: ``{set name: [L, E] mean map}``.
         layers: the decoder-layer indices of the ``L`` axis.
         num_experts: ``E``.
@@ -118,7 +148,8 @@ class ExpertContrast:
     trace: object = field(default=None, repr=False)
     fingerprint: str | None = None
 
-    def top(self, n: int = 10, direction: str = "a", max_p: float | None = None) -> list[tuple[int, int]]:
+    def top(self, n: int = 10, direction: str = "a", max_p: float | None = None,
+            by: str | None = None) -> list[tuple[int, int]]:
         """The ``n`` best-ranked ``(layer, expert)`` pairs.
 
         Args:
@@ -126,12 +157,22 @@ class ExpertContrast:
             direction: ``"a"``: experts set A activates more (the table's order); ``"b"``: experts
                 set B activates more.
             max_p: keep only experts with ``p <= max_p`` (may return fewer than ``n``).
+            by: rank by this column instead of :attr:`rank_by` (one of ``"t"``, ``"effect"``,
+                ``"diff"``, ``"risk_diff"``); only experts with the sign of ``direction`` count.
         """
         if direction not in ("a", "b"):
             raise ValueError(f"direction must be 'a' or 'b', got {direction!r}")
-        frame = self.table if direction == "a" else self.table.iloc[::-1]
+        by = self.rank_by if by is None else by
+        if by not in RANK_BY:
+            raise ValueError(f"by must be one of {RANK_BY}, got {by!r}")
         sign = 1 if direction == "a" else -1
-        frame = frame[sign * frame[self.rank_by] > 0]
+        if by == "risk_diff":
+            frame = _ordered(self.table, by, sign)
+        else:
+            table = self.table if by == self.rank_by else \
+                self.table.sort_values([by, "diff"], ascending=False, kind="mergesort")
+            frame = table if direction == "a" else table.iloc[::-1]
+        frame = frame[sign * frame[by] > 0]
         if max_p is not None:
             frame = frame[frame.p <= max_p]
         return RankedExperts([(int(r.layer), int(r.expert)) for r in frame.head(int(n)).itertuples()],
@@ -177,8 +218,8 @@ def contrast_experts(trace, a, b=None, *, measure: str = "count", normalize: boo
         test: ``"permutation"`` (numpy only) or ``"welch"`` (t distribution; needs scipy).
         permutations: shuffles for the permutation test.
         seed: its random seed.
-        rank_by: ``"t"`` (default), ``"effect"`` or ``"diff"``; the table is sorted by it, largest
-            first.
+        rank_by: ``"t"`` (default), ``"effect"``, ``"diff"`` or ``"risk_diff"`` (SteerMoE); the
+            table is sorted by it, largest first.
 
     Returns:
         An :class:`ExpertContrast`.
@@ -215,11 +256,15 @@ def contrast_experts(trace, a, b=None, *, measure: str = "count", normalize: boo
     else:
         p = stats.permutation_pvalues(xa, xb, permutations=permutations, seed=seed)
     ma, mb = xa.mean(axis=0), xb.mean(axis=0)
+    rate_a, rate_b = pooled_rates(trace, in_a), pooled_rates(trace, in_b)
     table = pd.DataFrame({
         "layer": np.repeat(trace.layers, num_experts), "expert": np.tile(np.arange(num_experts), num_layers),
         "mean_a": ma, "mean_b": mb, "diff": ma - mb, "t": t, "effect": d, "p": p, "q": stats.bh_adjust(p),
+        "rate_a": rate_a, "rate_b": rate_b, "risk_diff": rate_a - rate_b,
     })
-    table = table.sort_values([rank_by, "diff"], ascending=False, kind="mergesort").reset_index(drop=True)
+    table = _ordered(table, rank_by) if rank_by == "risk_diff" else \
+        table.sort_values([rank_by, "diff"], ascending=False, kind="mergesort")
+    table = table.reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     means = {"+".join(a_labels): ma.reshape(num_layers, num_experts),
              "+".join(b_labels): mb.reshape(num_layers, num_experts)}

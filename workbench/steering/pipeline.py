@@ -1,8 +1,11 @@
-"""The whole MoTE-style job on two prompt sets: rank, steer, measure, write the folder.
+"""The whole steering job on two prompt sets: rank, steer, measure, write the folder.
 
 This is what ``python -m workbench steer`` runs. The default behaviour is "the continuation of a
 set-A prompt looks like set A": a character n-gram classifier fitted on the full texts of both sets
-decides, and ``rate`` is the share of continuations it assigns to A.
+decides, and ``rate`` is the share of continuations it assigns to A. ``preset="workbench"`` (the
+default) runs MoTE's design on Welch-t ranked experts; ``preset="steermoe"`` runs SteerMoE's: experts
+ranked by risk difference, set B's ``activate`` experts switched on and set A's ``top`` experts off in
+one edit, against as many random experts (:mod:`~workbench.steering.presets`).
 
 Example:
     >>> import tempfile, workbench as wb
@@ -27,6 +30,7 @@ from pathlib import Path
 from workbench.steering.behaviour import set_behaviour
 from workbench.steering.contrast import find_experts
 from workbench.steering.experiment import run_experiment
+from workbench.steering.presets import DEFAULT_ACTIVATE, get_preset, select_steermoe
 from workbench.steering.prompts import cut_prompt
 
 
@@ -34,7 +38,8 @@ def steer_sets(lm, a_texts: Sequence[str], b_texts: Sequence[str], *, top: int =
                prompt_tokens: int | None = 16, seeds: Sequence[int] = (0, 1, 2), mode: str = "next_best",
                on_weight: float | None = None, max_new_tokens: int = 24, measure: str = "count",
                test: str = "permutation", permutations: int = 1000, quality_max_length: int = 128,
-               batch_size: int = 8, behaviour=None, figures: bool = False, progress: bool = True):
+               batch_size: int = 8, behaviour=None, figures: bool = False, progress: bool = True,
+               preset: str | None = None, activate: int | None = None):
     """Rank experts by set A vs set B, then run :func:`~workbench.steering.run_experiment` on set A.
 
     Args:
@@ -53,6 +58,10 @@ def steer_sets(lm, a_texts: Sequence[str], b_texts: Sequence[str], *, top: int =
         behaviour: override the default classifier (a callable or a built-in name).
         figures: also write the two figures as standalone HTML.
         progress: progress bars.
+        preset: ``"workbench"`` (default) or ``"steermoe"`` (ranking, mechanism and conditions).
+        activate: with ``"steermoe"``: how many set-B experts to switch on (at most ``k`` per layer
+            are kept; default :data:`~workbench.steering.presets.DEFAULT_ACTIVATE`); ``top`` set-A
+            experts are switched off.
 
     Returns:
         ``(ExpertContrast, SteeringExperiment)``.
@@ -65,8 +74,10 @@ def steer_sets(lm, a_texts: Sequence[str], b_texts: Sequence[str], *, top: int =
         b_prompts = [cut_prompt(t, lm.tokenizer, prompt_tokens) for t in b_texts]
     else:
         a_prompts, b_prompts = a_texts, b_texts
+    chosen_preset = get_preset(preset)
     contrast = find_experts(lm, {"A": a_prompts, "B": b_prompts}, a="A", b="B", measure=measure, test=test,
-                            permutations=permutations, batch_size=batch_size, progress=progress)
+                            permutations=permutations, batch_size=batch_size, progress=progress,
+                            rank_by=chosen_preset.rank_by)
     total = len(lm.moe_layers) * lm.num_experts
     if not 1 <= top <= total // 2:
         raise ValueError(f"top={top} must be between 1 and {total // 2} (half of this model's {total} experts, "
@@ -80,10 +91,17 @@ def steer_sets(lm, a_texts: Sequence[str], b_texts: Sequence[str], *, top: int =
     if len(chosen) < top:
         warnings.warn(f"only {len(chosen)} experts are activated more by set A than by set B; steering those "
                       f"instead of top={top}", stacklevel=2)
+    options = {}
+    if chosen_preset.combined:
+        on, _ = select_steermoe(contrast, DEFAULT_ACTIVATE if activate is None else int(activate), 0, lm.top_k)
+        if not on:
+            raise ValueError("no expert is activated more by set B than by set A, so the steermoe preset has "
+                             "nothing to switch on (give sets that differ, and activate >= 1)")
+        options = dict(activate=on, preset=chosen_preset)
     experiment = run_experiment(lm, a_prompts, chosen,
                                 behaviour, seeds=seeds, mode=mode, on_weight=on_weight,
                                 quality={"b": b_texts}, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                quality_max_length=quality_max_length, progress=progress)
+                                quality_max_length=quality_max_length, progress=progress, **options)
     if out is not None:
         out = Path(out)
         experiment.save(out)

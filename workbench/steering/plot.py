@@ -1,4 +1,5 @@
-"""Figures of steering: the contrast heatmap and the controlled experiment's bar chart.
+"""Figures of steering: the contrast heatmap, the controlled experiment's bar chart, and the
+published figures beside ours (:func:`comparison_plot`).
 
 The contrast uses a diverging purple-orange scale (``PuOr``, readable with colour-vision
 deficiency) centred on 0: orange = set A activates the expert more, purple = set B does.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from workbench.views._style import PALETTE, escape_token, style
 
@@ -72,7 +74,7 @@ def contrast_heatmap(contrast, value: str = "effect", title: str | None = None,
 
 
 CONDITION_TEXT = {"baseline": "baseline", "top_off": "top-N off", "random_off": "random N off",
-                  "top_on": "top-N on"}
+                  "top_on": "top-N on", "switch": "SteerMoE on+off", "random_switch": "random on+off"}
 
 
 def experiment_plot(experiment, title: str | None = None) -> go.Figure:
@@ -96,4 +98,68 @@ def experiment_plot(experiment, title: str | None = None) -> go.Figure:
     style(fig, title or f"Behaviour: {escape_token(experiment.behaviour_name)}", x="condition",
           y="behaviour rate", height=420, width=max(520, 80 * len(labels) + 160))
     fig.update_yaxes(range=[0, 1.05])
+    return fig
+
+
+#: published changes of the steered behaviour against the unsteered model (PAPERS.md section 4, and
+#: the abstract in adobe-research/SteerMoE's README); None = not reported
+PUBLISHED = {
+    "MoTE, DeepSeek-R1 (refusals)": {"steered": -0.52, "random": -0.09},
+    "SteerMoE, 6 LLMs (safety, best)": {"steered": 0.20, "random": None},
+}
+#: the steered condition and its random control of each preset
+STEERED = {"top_off": "random_off", "switch": "random_switch"}
+
+
+def _relative(experiment, condition: str):
+    """Change of ``condition``'s hit rate relative to the baseline, with a 95% interval."""
+    from workbench.steering.stats import paired_effect
+
+    conts = experiment.continuations
+    hits = conts.pivot_table(index="prompt_id", columns=["condition", "seed"], values="hit", aggfunc="first")
+    base = hits["baseline"].to_numpy(dtype=float)[:, 0]
+    rate = float(base.mean())
+    if rate <= 0:
+        return float("nan"), float("nan"), float("nan")
+    r = paired_effect(hits[condition].to_numpy(dtype=float).mean(axis=1), base, resamples=2000)
+    return r["effect"] / rate, r["ci_low"] / rate, r["ci_high"] / rate
+
+
+def comparison_plot(experiments, published=None, title: str | None = None) -> go.Figure:
+    """Published effects beside ours: change of the behaviour relative to the unsteered model.
+
+    Args:
+        experiments: ``{label: SteeringExperiment}``; each must hold ``baseline`` and a steered
+            condition with its random control (``top_off``/``random_off`` or ``switch``/``random_switch``).
+        published: ``{label: {"steered": change, "random": change or None}}`` (default :data:`PUBLISHED`).
+        title: figure title.
+
+    Returns:
+        Two panels of bars (steered, random control): the papers' figures and this model's, the
+        latter with 95% bootstrap intervals over prompts.
+    """
+    published = PUBLISHED if published is None else published
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("published", "this model (95% CI over prompts)"))
+    colours = {"steered": PALETTE[3], "random": PALETTE[4]}
+    for kind in ("steered", "random"):
+        labels = [k for k, v in published.items() if v.get(kind) is not None]
+        fig.add_trace(go.Bar(x=labels, y=[published[k][kind] for k in labels], name=f"{kind} experts",
+                             marker_color=colours[kind], legendgroup=kind, offsetgroup=kind), row=1, col=1)
+    for kind in ("steered", "random"):
+        xs, ys, lows, highs = [], [], [], []
+        for label, exp in experiments.items():
+            ran = set(exp.table.condition)
+            steered = next((c for c in STEERED if c in ran), None)
+            if steered is None or "baseline" not in ran or STEERED[steered] not in ran:
+                raise ValueError(f"{label!r} needs baseline, a steered condition and its random control; it ran "
+                                 f"{sorted(ran)}")
+            value, low, high = _relative(exp, steered if kind == "steered" else STEERED[steered])
+            xs.append(label), ys.append(value), lows.append(value - low), highs.append(high - value)
+        fig.add_trace(go.Bar(x=xs, y=ys, name=f"{kind} experts", marker_color=colours[kind], legendgroup=kind,
+                             offsetgroup=kind, showlegend=False,
+                             error_y=dict(type="data", symmetric=False, array=highs, arrayminus=lows)), row=1, col=2)
+    style(fig, title or "Steering: the papers' effects and this model's", y="change vs unsteered",
+          height=430, width=900)
+    fig.update_yaxes(tickformat="+.0%")
     return fig

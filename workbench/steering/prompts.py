@@ -29,8 +29,23 @@ def cut_prompt(text: str, tokenizer, prompt_tokens: int) -> str:
     return tokenizer.decode(ids)
 
 
+class PromptList(list):
+    """Prompts (a list of strings) that also know which document each was cut from: ``groups``.
+
+    Several prompts of one document are not independent; the experiment's intervals resample
+    documents, not prompts, when it is given these groups.
+    """
+
+    def __init__(self, prompts=(), groups=None):
+        super().__init__(prompts)
+        self.groups = list(range(len(self))) if groups is None else [int(g) for g in groups]
+        if len(self.groups) != len(self):
+            raise ValueError(f"{len(self)} prompts but {len(self.groups)} groups")
+
+
 def prompt_sets(rows: Sequence[dict], tokenizer, labels: Sequence[str], per_set: int | None = None,
-                prompt_tokens: int = 16, seed: int = 0, min_tokens: int | None = None) -> dict[str, list[str]]:
+                prompt_tokens: int = 16, seed: int = 0, min_tokens: int | None = None, windows: int = 1,
+                stride: int | None = None) -> dict[str, PromptList]:
     """``{label: [prompt, ...]}``: prompts cut from the documents of each label.
 
     Args:
@@ -42,19 +57,39 @@ def prompt_sets(rows: Sequence[dict], tokenizer, labels: Sequence[str], per_set:
         seed: sampling seed.
         min_tokens: skip documents shorter than this (default ``prompt_tokens + 8``, so that a
             continuation exists to compare with).
+        windows: prompts per document: windows start at tokens ``0, stride, 2 * stride, ...`` while
+            ``min_tokens`` tokens from the start remain in the document (more prompts from the same
+            documents: more power, at the cost of prompts that start mid-sentence).
+        stride: tokens between window starts (default ``3 * prompt_tokens``).
+
+    Returns:
+        ``{label: PromptList}``; each list's ``groups`` numbers the document of each prompt.
     """
     min_tokens = prompt_tokens + 8 if min_tokens is None else min_tokens
+    if windows < 1:
+        raise ValueError(f"windows must be at least 1, got {windows}")
+    stride = 3 * prompt_tokens if stride is None else int(stride)
     known = sorted({str(r.get("label")) for r in rows})
     out = {}
     for label in labels:
         docs = [r["text"] for r in rows if str(r.get("label")) == label]
         if not docs:
             raise ValueError(f"no documents labelled {label!r}; labels present: {known}")
-        docs = [d for d in docs if len(tokenizer(d, add_special_tokens=False)["input_ids"]) >= min_tokens]
-        if per_set is not None and len(docs) > per_set:
-            docs = random.Random(seed).sample(docs, per_set)
-        prompts = [cut_prompt(d, tokenizer, prompt_tokens) for d in docs]
-        out[label] = [p for p in prompts if p.strip()]
+        encoded = [(d, tokenizer(d, add_special_tokens=False)["input_ids"]) for d in docs]
+        encoded = [(d, ids) for d, ids in encoded if len(ids) >= min_tokens]
+        if per_set is not None and len(encoded) > per_set:
+            encoded = random.Random(seed).sample(encoded, per_set)
+        prompts, groups = [], []
+        for g, (_, ids) in enumerate(encoded):
+            for w in range(windows):
+                start = w * stride
+                if w and start + min_tokens > len(ids):
+                    break
+                prompt = tokenizer.decode(ids[start:start + prompt_tokens])
+                if prompt.strip():
+                    prompts.append(prompt)
+                    groups.append(g)
+        out[label] = PromptList(prompts, groups)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Small statistics for steering: Welch's t, effect sizes, permutation p-values, Wilson intervals.
+"""Small statistics for steering: Welch's t, risk differences, effect sizes with intervals,
+permutation p-values, Wilson intervals.
 
 Everything is vectorised over features (one feature = one (layer, expert) cell) and needs only
 numpy; the Welch t-distribution p-value uses scipy when it is installed (a local import; the
@@ -18,6 +19,8 @@ Example:
     (True, True)
     >>> [round(x, 3) for x in wilson_interval(8, 10)]
     [0.49, 0.943]
+    >>> risk_difference([30, 5], 50, [10, 5], 40).round(3).tolist()
+    [0.35, -0.025]
 """
 
 from __future__ import annotations
@@ -191,3 +194,88 @@ def _normal_quantile(q: float) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def risk_difference(active_a, total_a, active_b, total_b) -> np.ndarray:
+    """SteerMoE's score: activation rate in set A minus activation rate in set B, per feature.
+
+    ``RD = a1 / N1 - a2 / N2`` with ``a`` the tokens (pooled over all prompts of a set) whose top-k
+    contains the expert and ``N`` the tokens of the set (adobe-research/SteerMoE,
+    ``custom_steering.ipynb``, ``calc_risk_diff``; ``a + d`` there is ``N`` here).
+
+    Args:
+        active_a: ``[F]`` activation counts of set A; ``total_a``: its number of tokens.
+        active_b: ``[F]`` activation counts of set B; ``total_b``: its number of tokens.
+
+    Returns:
+        ``[F]`` float64 in ``[-1, 1]``.
+    """
+    if total_a <= 0 or total_b <= 0:
+        raise ValueError(f"both sets need tokens (got {total_a} and {total_b})")
+    a, b = np.asarray(active_a, dtype=np.float64), np.asarray(active_b, dtype=np.float64)
+    return a / float(total_a) - b / float(total_b)
+
+
+def paired_effect(first, second, confidence: float = 0.95, resamples: int = 4000, seed: int = 0,
+                  groups=None) -> dict:
+    """Effect size of condition ``first`` over ``second`` on the same items, with an interval.
+
+    The effect is the mean over items of ``first - second`` (e.g. the change in the share of hits,
+    in rate points); ``second`` may hold several runs (random controls, one column per seed), which
+    are averaged per item. The interval is a percentile bootstrap that resamples both sources of
+    chance: the items (or, given ``groups``, whole groups of items, e.g. the prompts cut from one
+    document) and, when there are several, the runs of ``second`` (which random experts were drawn).
+    The p-value is a two-sided sign-flip permutation test of the per-group mean differences (exact
+    over all ``2**n`` flips for ``n <= 16`` groups); it treats the drawn runs as fixed.
+
+    Args:
+        first: ``[n]`` per-item values (hits as 0/1, or scores) under the first condition.
+        second: ``[n]`` or ``[n, runs]`` values under the second.
+        confidence: coverage of the interval.
+        resamples: bootstrap resamples (and random sign flips for more than 16 groups).
+        seed: random seed.
+        groups: ``[n]`` group id of each item (None = every item its own group).
+
+    Returns:
+        ``{"effect", "ci_low", "ci_high", "p", "n", "groups", "runs"}``.
+
+    Example:
+        >>> r = paired_effect([1, 1, 1, 0, 1, 1, 1, 1], [0, 0, 1, 0, 0, 1, 0, 0])
+        >>> r["effect"], r["ci_low"] > 0, round(r["p"], 3)
+        (0.625, True, 0.062)
+    """
+    x = np.asarray(first, dtype=np.float64)
+    y = np.asarray(second, dtype=np.float64)
+    y = y.reshape(len(y), -1) if y.ndim == 1 else y
+    if x.ndim != 1 or y.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"expected [n] and [n] or [n, runs] values on the same items, got {x.shape} and {y.shape}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    g = np.arange(len(x)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    if len(g) != len(x):
+        raise ValueError(f"{len(x)} items but {len(g)} group ids")
+    num_groups, runs = int(g.max()) + 1 if len(g) else 0, y.shape[1]
+    if num_groups < 2:
+        raise ValueError(f"a paired effect needs at least 2 items (groups), got {num_groups}")
+    size = np.bincount(g, minlength=num_groups).astype(np.float64)
+    sum_x = np.bincount(g, weights=x, minlength=num_groups)
+    sum_y = np.stack([np.bincount(g, weights=y[:, j], minlength=num_groups) for j in range(runs)], axis=1)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, num_groups, size=(resamples, num_groups))
+    weight = np.stack([np.bincount(row, minlength=num_groups) for row in pick])      # [B, G] group counts
+    run_pick = rng.integers(0, runs, size=(resamples, runs)) if runs > 1 else np.zeros((resamples, 1), int)
+    run_weight = np.stack([np.bincount(row, minlength=runs) for row in run_pick]) / run_pick.shape[1]
+    items = weight @ size
+    means = (weight @ sum_x - np.einsum("bg,gr,br->b", weight, sum_y, run_weight)) / items
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    d = (sum_x - sum_y.mean(axis=1))                      # per-group sums of the item differences
+    effect = float(d.sum() / size.sum())
+    if num_groups <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** num_groups)[:, None] >> np.arange(num_groups)) & 1)
+        p = float((np.abs(signs @ d) >= abs(d.sum()) - 1e-9).mean())
+    else:
+        signs = rng.choice([-1.0, 1.0], size=(resamples, num_groups))
+        p = float((1 + (np.abs(signs @ d) >= abs(d.sum()) - 1e-9).sum()) / (1 + resamples))
+    return {"effect": effect, "ci_low": float(low), "ci_high": float(high), "p": p, "n": len(x),
+            "groups": num_groups, "runs": runs}

@@ -1,11 +1,17 @@
-"""Steering: switch experts off or force them on while the model generates.
+"""Steering: switch experts off or on while the model generates.
 
 Experts are given as ``(layer, expert)`` pairs (what :meth:`ExpertContrast.top` returns) or as a
 ``{layer: [expert, ...]}`` mapping. ``"off"`` is :class:`workbench.Mask` with either semantics —
 ``mode="next_best"`` (the next-best expert takes the slot) or ``mode="empty"`` (the slot stays
-empty, the other weights are rescaled) — and ``"on"`` is :class:`workbench.Force`, which puts the
-experts into every token's top-k with ``weight`` (None = the token's top-1 weight). At most ``k``
-experts fit per layer; :func:`fit_to_k` keeps the best-ranked ones.
+empty, the other weights are rescaled). ``"on"`` is, by default, :class:`workbench.Offset`:
+SteerMoE's score offset (the expert gets the token's best log-probability + 0.01, then the family's
+own softmax -> top-k -> renormalise), so the weights stay those the family's rule gives; with a
+``weight`` (or ``on_mechanism="force"``) it is :class:`workbench.Force` instead, which puts the
+expert into the lowest slot with that weight and does not renormalise (the old default). At most
+``k`` experts fit per layer; :func:`fit_to_k` keeps the best-ranked ones.
+
+:func:`switch` activates some experts and deactivates others in one intervention (SteerMoE's
+combined steering); :func:`random_switch` draws a control of the same counts.
 
 Generation is greedy by default and batches prompts of equal token length, so no padding ever
 enters a forward pass.
@@ -31,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 ACTIONS = ("off", "on")
+ON_MECHANISMS = ("offset", "force")
 
 
 def as_pairs(experts) -> list[tuple[int, int]]:
@@ -65,7 +72,23 @@ def fit_to_k(experts, k: int) -> list[tuple[int, int]]:
     return kept
 
 
-def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None):
+def _check_fingerprint(lm, experts) -> None:
+    ranked_on = getattr(experts, "fingerprint", None)
+    if ranked_on is not None and ranked_on != lm.fingerprint:
+        from workbench.trace import TraceMismatchError
+        raise TraceMismatchError(f"these experts were ranked on another model (fingerprint {ranked_on}); this "
+                                 f"model is {lm.fingerprint}: rank them again on it (steering.find_experts)")
+
+
+def _check_fit(lm, layer_map, what: str) -> None:
+    crowded = {layer: es for layer, es in layer_map.items() if len(es) > lm.top_k}
+    if crowded:
+        raise ValueError(f"cannot {what} {max(map(len, crowded.values()))} experts in k={lm.top_k} slots "
+                         f"at layer(s) {sorted(crowded)}; keep the best-ranked with fit_to_k(experts, lm.top_k)")
+
+
+def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None,
+                   on_mechanism: str | None = None):
     """The edit specs that steer ``experts``.
 
     Args:
@@ -73,7 +96,11 @@ def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", we
         experts: ``(layer, expert)`` pairs or ``{layer: [expert]}``.
         action: ``"off"`` or ``"on"``.
         mode: for ``"off"``: ``"next_best"`` or ``"empty"``.
-        weight: for ``"on"``: routing weight of a forced expert (None = the token's top-1 weight).
+        weight: for ``"on"`` with ``"force"``: routing weight of a forced expert (None = the token's
+            top-1 weight). Giving a weight chooses ``"force"``.
+        on_mechanism: for ``"on"``: ``"offset"`` (:class:`workbench.Offset`, the default) or
+            ``"force"`` (:class:`workbench.Force`: into a slot, no renormalisation); None =
+            ``"force"`` when ``weight`` is given, else ``"offset"``.
 
     Returns:
         A list of specs for :func:`workbench.edit` (empty when ``experts`` is empty).
@@ -82,26 +109,81 @@ def steering_specs(lm, experts, action: str = "off", mode: str = "next_best", we
 
     if action not in ACTIONS:
         raise ValueError(f"action must be 'off' or 'on', got {action!r}")
-    ranked_on = getattr(experts, "fingerprint", None)
-    if ranked_on is not None and ranked_on != lm.fingerprint:
-        from workbench.trace import TraceMismatchError
-        raise TraceMismatchError(f"these experts were ranked on another model (fingerprint {ranked_on}); this "
-                                 f"model is {lm.fingerprint}: rank them again on it (steering.find_experts)")
+    if on_mechanism is None:
+        on_mechanism = "offset" if weight is None else "force"
+    if on_mechanism not in ON_MECHANISMS:
+        raise ValueError(f"on_mechanism must be one of {ON_MECHANISMS}, got {on_mechanism!r}")
+    if on_mechanism == "offset" and weight is not None:
+        raise ValueError("a weight applies only to on_mechanism='force'; the offset mechanism takes its weights "
+                         "from the family's own normalisation (drop weight=, or use on_mechanism='force')")
+    _check_fingerprint(lm, experts)
     layer_map = as_layer_map(experts)
     if not layer_map:
         return []
     if action == "off":
         return [wb.Mask(layer_map, mode=mode)]
-    crowded = {layer: es for layer, es in layer_map.items() if len(es) > lm.top_k}
-    if crowded:
-        raise ValueError(f"cannot force {max(map(len, crowded.values()))} experts into k={lm.top_k} slots "
-                         f"at layer(s) {sorted(crowded)}; keep the best-ranked with fit_to_k(experts, lm.top_k)")
-    return [wb.Force(layer_map, weight=weight)]
+    _check_fit(lm, layer_map, "force" if on_mechanism == "force" else "activate")
+    if on_mechanism == "force":
+        return [wb.Force(layer_map, weight=weight)]
+    return [wb.Offset(on=layer_map)]
+
+
+def switch_specs(lm, on=(), off=(), margin: float = 0.01):
+    """The one :class:`workbench.Offset` that activates ``on`` and deactivates ``off`` (SteerMoE).
+
+    Args:
+        lm: a :class:`~workbench.loading.MoEModel`.
+        on: ``(layer, expert)`` pairs (or ``{layer: [expert]}``) to activate, at most ``k`` per layer.
+        off: pairs to deactivate.
+        margin: the score offset beyond the token's extremes.
+
+    Returns:
+        ``[Offset]``, or ``[]`` when both are empty.
+    """
+    import workbench as wb
+
+    _check_fingerprint(lm, on)
+    _check_fingerprint(lm, off)
+    on_map, off_map = as_layer_map(on), as_layer_map(off)
+    both = sorted(set(as_pairs(on_map)) & set(as_pairs(off_map)))
+    if both:
+        raise ValueError(f"experts {both} are both to activate and to deactivate; give each one side")
+    if not on_map and not off_map:
+        return []
+    _check_fit(lm, on_map, "activate")
+    return [wb.Offset(on=on_map, off=off_map, margin=margin)]
 
 
 @contextlib.contextmanager
-def steer(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None):
-    """Context manager: the model with ``experts`` switched off or forced on (no-op when empty).
+def switch(lm, on=(), off=(), margin: float = 0.01):
+    """Context manager: ``on`` activated and ``off`` deactivated in one intervention (SteerMoE).
+
+    Example:
+        >>> import workbench as wb
+        >>> from workbench.testing import tiny_model
+        >>> from workbench.steering import switch
+        >>> lm = wb.wrap(*tiny_model("qwen3_moe"))
+        >>> with switch(lm, on=[(0, 3)], off=[(0, 4), (1, 2)]):
+        ...     trace = wb.record(lm, ["hello there"], progress=False)
+        >>> bool((trace.topk_idx[0] == 3).any(axis=-1).all()), bool((trace.topk_idx[0] == 4).any())
+        (True, False)
+    """
+    specs = switch_specs(lm, on, off, margin)
+    if not specs:
+        yield None
+        return
+    import workbench as wb
+
+    with wb.edit(lm, *specs) as frame:
+        yield frame
+
+
+@contextlib.contextmanager
+def steer(lm, experts, action: str = "off", mode: str = "next_best", weight: float | None = None,
+          on_mechanism: str | None = None):
+    """Context manager: the model with ``experts`` switched off or on (no-op when empty).
+
+    Arguments as :func:`steering_specs`.
 
     Example:
         >>> import workbench as wb
@@ -113,7 +195,7 @@ def steer(lm, experts, action: str = "off", mode: str = "next_best", weight: flo
         >>> bool((trace.topk_idx[0] == 3).any(axis=-1).all())
         True
     """
-    specs = steering_specs(lm, experts, action, mode, weight)
+    specs = steering_specs(lm, experts, action, mode, weight, on_mechanism)
     if not specs:
         yield None
         return
@@ -177,15 +259,21 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int = 24, *, batch_size
 
 
 def compare(lm, prompts: Sequence[str], experts, action: str = "off", mode: str = "next_best",
-            weight: float | None = None, max_new_tokens: int = 24, **options) -> pd.DataFrame:
+            weight: float | None = None, max_new_tokens: int = 24, on_mechanism: str | None = None,
+            activate=None, **options) -> pd.DataFrame:
     """Continuations with and without steering, side by side.
+
+    ``activate`` (pairs) switches to SteerMoE's combined steering: ``activate`` on and ``experts``
+    off in one :func:`switch` (``action``, ``mode`` and ``weight`` are then not used).
 
     Returns:
         DataFrame with columns ``prompt``, ``baseline``, ``steered``.
     """
     prompts = list(prompts)
     base = generate(lm, prompts, max_new_tokens, **options)
-    with steer(lm, experts, action, mode, weight):
+    context = switch(lm, activate, experts) if activate is not None else \
+        steer(lm, experts, action, mode, weight, on_mechanism)
+    with context:
         steered = generate(lm, prompts, max_new_tokens, **options)
     return pd.DataFrame({"prompt": prompts, "baseline": base, "steered": steered})
 
@@ -198,3 +286,31 @@ def random_experts(lm, n: int, seed: int = 0, exclude=()) -> list[tuple[int, int
         raise ValueError(f"cannot draw {n} random experts from {len(pool)} candidates")
     picks = np.random.default_rng(seed).choice(len(pool), size=n, replace=False)
     return [pool[i] for i in sorted(picks.tolist())]
+
+
+def random_switch(lm, n_on: int, n_off: int, seed: int = 0, exclude=()) -> tuple[list, list]:
+    """A control for :func:`switch`: ``n_on`` random experts to activate (at most ``k`` per layer)
+    and ``n_off`` others to deactivate, drawn uniformly from all MoE layers minus ``exclude``.
+
+    Returns:
+        ``(on_pairs, off_pairs)``, disjoint.
+    """
+    excluded = set(as_pairs(exclude))
+    pool = [(layer, e) for layer in lm.moe_layers for e in range(lm.num_experts) if (layer, e) not in excluded]
+    if n_on + n_off > len(pool):
+        raise ValueError(f"cannot draw {n_on} + {n_off} random experts from {len(pool)} candidates")
+    order = np.random.default_rng(seed).permutation(len(pool)).tolist()
+    on, per_layer = [], {}
+    for i in order:
+        if len(on) == n_on:
+            break
+        layer = pool[i][0]
+        if per_layer.get(layer, 0) < lm.top_k:
+            on.append(pool[i])
+            per_layer[layer] = per_layer.get(layer, 0) + 1
+    if len(on) < n_on:
+        raise ValueError(f"cannot place {n_on} activated experts at k={lm.top_k} per layer in "
+                         f"{len(lm.moe_layers)} layers")
+    taken = set(on)
+    off = [pool[i] for i in order if pool[i] not in taken][:n_off]
+    return sorted(on), sorted(off)

@@ -11,6 +11,11 @@ Wiring only; the work is done by :mod:`workbench.steering`:
    the bar chart and summary appear.
 5. The export bar writes the tables (CSV) and figures (HTML/PNG/SVG).
 
+The *method* dropdown is the preset (:mod:`workbench.steering.presets`): ``workbench`` ranks by
+Welch's t and runs MoTE's conditions; ``steermoe`` ranks by risk difference, preselects set B's
+experts to switch on (the *activate* slider) beside set A's to switch off, steers them in one edit
+and runs SteerMoE's switch vs random switch.
+
 Example:
     >>> import tempfile, workbench as wb
     >>> from workbench.testing import tiny_model
@@ -26,6 +31,9 @@ Example:
     >>> panel.seeds.value = 1
     >>> panel.run_experiment().table.condition.tolist()
     ['baseline', 'top_off', 'random_off', 'top_on']
+    >>> panel.preset.value = "steermoe"
+    >>> panel.run_experiment().table.condition.tolist()
+    ['baseline', 'switch', 'random_switch']
 """
 
 from __future__ import annotations
@@ -45,9 +53,11 @@ NARROW = {"description_width": "110px"}
 def _table_html(frame, limit: int = 20) -> str:
     rows = "".join(
         f"<tr><td>{r.rank}</td><td>{r.layer}</td><td>{r.expert}</td><td>{r.effect:+.2f}</td>"
-        f"<td>{r.t:+.2f}</td><td>{r.p:.3g}</td><td>{r.q:.3g}</td></tr>" for r in frame.head(limit).itertuples())
+        f"<td>{r.t:+.2f}</td><td>{r.p:.3g}</td><td>{r.q:.3g}</td><td>{r.risk_diff:+.3f}</td></tr>"
+        for r in frame.head(limit).itertuples())
     return ("<table style='font-family:monospace;border-collapse:collapse'><tr><th>rank</th><th>layer</th>"
-            "<th>expert</th><th>effect (d)</th><th>t</th><th>p</th><th>q</th></tr>" + rows + "</table>")
+            "<th>expert</th><th>effect (d)</th><th>t</th><th>p</th><th>q</th><th>risk diff</th></tr>"
+            + rows + "</table>")
 
 
 def _comparison_html(table) -> str:
@@ -87,6 +97,14 @@ class SteeringPanel(W.VBox):
         self.set_b = W.Dropdown(options=[REST] + names, value=b or REST, description="set B", style=NARROW)
         self.measure = W.Dropdown(options=["count", "weight"], value="count", description="activation",
                                   style=NARROW)
+        self.preset = W.Dropdown(options=[("workbench (Welch t, MoTE)", "workbench"),
+                                          ("SteerMoE (risk diff, on + off)", "steermoe")],
+                                 value="workbench", description="method", style=NARROW)
+        self.activate = W.SelectMultiple(options=[], description="switch on", rows=4, style=NARROW,
+                                         layout=W.Layout(width="420px"))
+        self.activate_n = W.IntSlider(value=steering.presets.DEFAULT_ACTIVATE, min=0,
+                                      max=len(lm.moe_layers) * lm.top_k, description="activate",
+                                      continuous_update=False, style=NARROW)
         self.rank_button = W.Button(description="Rank experts", icon="sort-amount-desc", button_style="primary")
         self.table = W.HTML(value="<i>press Rank experts</i>")
         self.heatmap = go.FigureWidget()
@@ -98,7 +116,7 @@ class SteeringPanel(W.VBox):
         self.mode = W.Dropdown(options=[("next best takes the slot", "next_best"), ("slot stays empty", "empty")],
                                value="next_best", description="off semantics", style=NARROW)
         self.weight = W.BoundedFloatText(value=0.0, min=0.0, max=1.0, step=0.05,
-                                         description="on weight (0 = top-1)", style={"description_width": "140px"})
+                                         description="force weight (0 = offset)", style={"description_width": "150px"})
         self.prompt = W.Textarea(value=self.sets[self.set_a.value][0], description="prompt", style=NARROW,
                                  layout=W.Layout(width="98%", height="60px"))
         self.max_new_tokens = W.IntSlider(value=max_new_tokens, min=1, max=128, description="new tokens",
@@ -117,10 +135,13 @@ class SteeringPanel(W.VBox):
         self.generate_button.on_click(lambda _b: self._safe(self.generate))
         self.run_button.on_click(lambda _b: self._safe(self.run_experiment))
         self.top_n.observe(self._select_top, names="value")
+        self.activate_n.observe(self._select_top, names="value")
+        self.preset.observe(lambda _ch: self._select_top() if self.contrast is not None else None, names="value")
         self.set_a.observe(lambda ch: setattr(self.prompt, "value", self.sets[ch["new"]][0]), names="value")
         super().__init__([
-            W.HBox([self.set_a, self.set_b, self.measure, self.rank_button]), self.table, self.heatmap,
+            W.HBox([self.set_a, self.set_b, self.measure, self.preset, self.rank_button]), self.table, self.heatmap,
             W.HBox([W.VBox([self.top_n, self.action, self.mode, self.weight]), self.experts]),
+            W.HBox([self.activate_n, self.activate]),
             self.prompt, W.HBox([self.max_new_tokens, self.generate_button]), self.output,
             W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_fig, self.summary,
             self.status, self.export_bar])
@@ -143,6 +164,9 @@ class SteeringPanel(W.VBox):
             raise ValueError("choose two different sets")
         self.contrast = steering.find_experts(self.lm, self.sets, a=self.set_a.value, b=self._b_sets(),
                                               measure=self.measure.value, permutations=self.permutations)
+        self.activate.options = [(f"L{r.layer}/E{r.expert}  rd={r.risk_diff:+.3f}", (int(r.layer), int(r.expert)))
+                                 for r in self.contrast.table.sort_values("risk_diff", kind="mergesort").itertuples()
+                                 if r.risk_diff < 0]
         table = self.contrast.table
         self.table.value = _table_html(table)
         fig = self.contrast.plot()
@@ -150,7 +174,7 @@ class SteeringPanel(W.VBox):
             self.heatmap.data = []
             self.heatmap.add_traces(fig.data)
             self.heatmap.layout = fig.layout
-        self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}",
+        self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}  rd={r.risk_diff:+.3f}",
                                  (int(r.layer), int(r.expert))) for r in table.itertuples()]
         if self.top_n.value == 0:
             self.top_n.value = min(10, self.top_n.max)
@@ -159,18 +183,37 @@ class SteeringPanel(W.VBox):
         return self.contrast
 
     def _select_top(self, _change=None) -> None:
-        values = [v for _, v in self.experts.options]
-        self.experts.value = tuple(values[:self.top_n.value])
+        """Preselect the top-N (by the method's ranking) and, for SteerMoE, set B's experts to switch on."""
+        if self.contrast is None:
+            return
+        by = steering.get_preset(self.preset.value).rank_by
+        self.experts.value = tuple(self.contrast.top(self.top_n.value, by=by)) if self.top_n.value else ()
+        on, _ = steering.select_steermoe(self.contrast, self.activate_n.value, 0, self.lm.top_k)
+        self.activate.value = tuple(on)
 
     @property
     def selected(self) -> list[tuple[int, int]]:
-        """The chosen ``(layer, expert)`` pairs, in ranked order."""
+        """The chosen ``(layer, expert)`` pairs, best first by the method's ranking."""
         chosen = set(self.experts.value)
-        return [v for _, v in self.experts.options if v in chosen]
+        pairs = [v for _, v in self.experts.options if v in chosen]
+        if self.contrast is None:
+            return pairs
+        by = steering.get_preset(self.preset.value).rank_by
+        order = self.contrast.table.sort_values(by, ascending=False, kind="mergesort")
+        rank = {(int(r.layer), int(r.expert)): i for i, r in enumerate(order.itertuples())}
+        return sorted(pairs, key=lambda p: rank.get(p, len(rank)))
+
+    @property
+    def activated(self) -> list[tuple[int, int]]:
+        """For the SteerMoE method: the experts to switch on (at most ``k`` per layer)."""
+        chosen = set(self.activate.value)
+        return steering.fit_to_k([v for _, v in self.activate.options if v in chosen], self.lm.top_k)
 
     def _steer_kwargs(self) -> dict:
         weight = float(self.weight.value) or None
         experts = self.selected
+        if self.preset.value == "steermoe":  # one edit: set B's experts on, the selected ones off
+            return dict(experts=experts, activate=self.activated)
         if self.action.value == "on":
             experts = steering.fit_to_k(experts, self.lm.top_k)
         return dict(experts=experts, action=self.action.value, mode=self.mode.value, weight=weight)
@@ -200,10 +243,15 @@ class SteeringPanel(W.VBox):
         def tick(done, total, _condition):
             self.progress.max, self.progress.value = total, done
 
+        options = {}
+        if self.preset.value == "steermoe":
+            if not self.activated:
+                raise ValueError("the SteerMoE method switches set B's experts on: raise 'activate' or pick some")
+            options = dict(preset="steermoe", activate=self.activated)
         self.experiment = steering.run_experiment(
             self.lm, self.sets[a], top, behaviour, seeds=range(int(self.seeds.value)), mode=self.mode.value,
             on_weight=float(self.weight.value) or None, max_new_tokens=int(self.max_new_tokens.value),
-            quality={"+".join(b_names): b_prompts}, progress=False, callback=tick)
+            quality={"+".join(b_names): b_prompts}, progress=False, callback=tick, **options)
         fig = self.experiment.plot()
         with self.experiment_fig.batch_update():
             self.experiment_fig.data = []
