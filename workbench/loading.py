@@ -172,12 +172,7 @@ def compute_fingerprint(model: torch.nn.Module, adapter: Adapter, moe_layers: li
     Two models with the same architecture but different weights get different fingerprints, so a
     trace recorded on one is refused by the other.
     """
-    h = hashlib.sha256()
-    cfg = model.config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
-                "_experts_implementation", "output_router_logits", "use_cache", "architectures"):
-        cfg.pop(key, None)
-    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(config_digest(model.config))
     layers = adapter.decoder_layers(model)
     for i in moe_layers:
         router = adapter.router(adapter.block(layers[i]))
@@ -185,6 +180,16 @@ def compute_fingerprint(model: torch.nn.Module, adapter: Adapter, moe_layers: li
             h.update(name.encode())
             h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def config_digest(config) -> bytes:
+    """The bytes of ``config`` that a fingerprint hashes: its dict without the keys that say how it
+    was loaded rather than what the model is (path, versions, dtype, implementations)."""
+    cfg = config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+                "_experts_implementation", "output_router_logits", "use_cache", "architectures"):
+        cfg.pop(key, None)
+    return json.dumps(cfg, sort_keys=True, default=str).encode()
 
 
 def _check_k(config) -> None:
@@ -256,28 +261,14 @@ def restore_skipping(lm: MoEModel) -> None:
     lm.probes.push_base_edit(lm.saved_skip)  # model-wide: in force in every thread and task
 
 
-def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None = None,
-         device: str | torch.device | None = None, device_map=None, trust_remote_code: bool = False,
-         **kwargs) -> MoEModel:
-    """Load an MoE model and its tokenizer.
+def resolve_source(source: str | os.PathLike) -> tuple[str, str]:
+    """``(label, path)`` of a source: the demo checkpoint's folder, a checked local checkpoint
+    folder (safetensors weights present and complete), or a hub id as given.
 
-    Args:
-        source: ``"demo"`` (the checkpoint shipped with the package), a local Hugging Face checkpoint
-            folder, or a hub id (needs hub access).
-        dtype: torch dtype (default: the checkpoint's).
-        device: move the model there after loading (ignored with ``device_map``).
-        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` for large models on GPUs).
-        trust_remote_code: allow the checkpoint's own Python code. Off by default.
-        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
-
-    Only safetensors weights are loaded.
-
-    Example:
-        >>> import workbench as wb
-        >>> lm = wb.load("demo")  # doctest: +SKIP
+    Raises:
+        FileNotFoundError: for a missing demo checkpoint, a file, a folder without safetensors
+            weights, or a path that does not exist (one line saying what to fix).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     label = str(source)
     if not label.strip():
         raise ValueError('the source is empty: give "demo", a checkpoint folder, or a hub id')
@@ -306,6 +297,14 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
         elif _looks_local(label):
             raise FileNotFoundError(f"no checkpoint folder at {label}: check the path (hub ids look like "
                                     "'org/name')")
+    return label, path
+
+
+def load_config(label: str, path: str, trust_remote_code: bool = False):
+    """The checkpoint's transformers config, refused (before any weights are read) when it declares
+    no routed experts."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -316,6 +315,45 @@ def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None 
         raise UnsupportedModelError(
             f"{label} is a {config.model_type!r} model whose config declares no routed experts, so it is not "
             f"an MoE. Supported model types: {', '.join(supported_model_types())}.")
+    return config
+
+
+def load(source: str | os.PathLike = "demo", *, dtype: torch.dtype | str | None = None,
+         device: str | torch.device | None = None, device_map=None, trust_remote_code: bool = False,
+         backend: str = "transformers", **kwargs) -> MoEModel:
+    """Load an MoE model and its tokenizer.
+
+    Args:
+        source: ``"demo"`` (the checkpoint shipped with the package), a local Hugging Face checkpoint
+            folder, or a hub id (needs hub access).
+        dtype: torch dtype (default: the checkpoint's).
+        device: move the model there after loading (ignored with ``device_map``).
+        device_map: passed to ``from_pretrained`` (e.g. ``"auto"`` for large models on GPUs).
+        trust_remote_code: allow the checkpoint's own Python code. Off by default.
+        backend: ``"transformers"`` (default), or ``"vllm"``: the model runs in a vLLM engine
+            (:class:`workbench.engine.VLLMModel`; needs vLLM installed, see ``docs/vllm.md``),
+            and ``kwargs`` are vLLM engine arguments (``tensor_parallel_size=2``, ...).
+        **kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (or to ``vllm.LLM``).
+
+    Only safetensors weights are loaded.
+
+    Example:
+        >>> import workbench as wb
+        >>> lm = wb.load("demo")  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if backend != "transformers":
+        if backend != "vllm":
+            raise ValueError(f"unknown backend {backend!r}; backends: 'transformers', 'vllm'")
+        if device_map is not None or device is not None:
+            raise ValueError("device and device_map are transformers options; a vLLM engine places the model "
+                             "itself (pass engine arguments such as tensor_parallel_size=2)")
+        from workbench.engine import load_vllm
+
+        return load_vllm(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+    label, path = resolve_source(source)
+    load_config(label, path, trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if device_map is not None:

@@ -247,6 +247,8 @@ def pad_batch(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def _run_batch(lm, batch, collector, layers, pad_id, want_scores) -> dict:
     """Run one batch; its routing gathered on the device, with one asynchronous copy to the host started."""
+    if hasattr(lm, "run_units"):  # a serving engine (workbench.engine) runs and records the batch itself
+        return lm.run_units(batch, layers, want_scores)
     ids, mask = pad_batch(batch, pad_id)
     collector.calls.clear()
     ids, mask = ids.to(lm.device), mask.to(lm.device)
