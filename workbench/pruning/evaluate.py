@@ -103,19 +103,23 @@ def perplexity(lm, rows, *, edits=(), max_tokens: int = 512, batch_size: int = 8
     return pd.DataFrame(out).sort_values("domain", key=lambda c: c.astype(str)).reset_index(drop=True)
 
 
-def compare(conditions: dict, rows, *, max_tokens: int = 512, batch_size: int = 8) -> pd.DataFrame:
+def compare(conditions: dict, rows, *, max_tokens: int = 512, batch_size: int = 8,
+            progress: bool = False) -> pd.DataFrame:
     """Perplexity per domain under several conditions, side by side.
 
     Args:
         conditions: ``{name: lm}`` or ``{name: (lm, [edit specs])}``.
         rows: labelled documents.
+        progress: a progress bar over the conditions.
 
     Returns:
         Long table: ``condition``, ``domain``, ``ppl``, ``loss``, ``calls_per_token``, ``tokens``; plus
         one ``domain="mean"`` row per condition (mean of the domains' perplexities and calls).
     """
+    from tqdm.auto import tqdm
+
     parts = []
-    for name, cond in conditions.items():
+    for name, cond in tqdm(list(conditions.items()), desc="perplexity", disable=not progress):
         lm, specs = (cond if isinstance(cond, tuple) else (cond, ()))
         table = perplexity(lm, rows, edits=tuple(specs or ()), max_tokens=max_tokens, batch_size=batch_size)
         mean = {"domain": "mean", "docs": int(table.docs.sum()), "tokens": int(table.tokens.sum()),

@@ -41,6 +41,7 @@ import random
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from workbench.pruning.calibration import texts_of
 from workbench.pruning.loss import LossScorer
@@ -232,16 +233,16 @@ class Pruner:
         layers = list(self.lm.moe_layers) if layers is None else [int(x) for x in layers]
         rng = random.Random(seed)
         choices, dropped = [], {}
-        for layer in layers:
+        _ = self.caches  # captured first, under its own progress bar
+        bar = tqdm(layers, desc=f"{method} r={keep}", unit="layer", disable=not self.progress)
+        for layer in bar:
             scorer = self.scorer(layer)
             if progressive and any(dropped.values()):
                 scorer = LossScorer(self.lm, self._progressive_cache(layer, dropped), self.batch_size, self.backend)
             choice = self._choose(layer, keep, method, scorer, rng)
             choices.append(choice)
             dropped[layer] = list(choice.dropped)
-            if self.progress:
-                print(f"layer {layer}: keep {choice.kept}, loss {choice.loss:.4g} ({choice.search}, "
-                      f"{choice.evaluated:,} drop sets, {choice.seconds:.1f} s)")
+            bar.set_postfix_str(f"layer {layer}: loss {choice.loss:.4g} ({choice.search})")
         cache0 = self.caches[layers[0]]
         settings = {"seed": seed, "batch_size": self.batch_size, "batches": self.scorer(layers[0]).num_batches,
                     "max_length": cache0.meta.get("max_length"), "tokens": cache0.num_tokens,
