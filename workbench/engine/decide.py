@@ -31,6 +31,7 @@ import torch
 
 from workbench.kernels.routing import Decision, RoutingPlan, apply_plan
 from workbench.kernels.rules import RoutingRule
+from workbench.probes.hooks import _merge  # the hook manager's merge of per-group decisions
 
 
 @dataclass(frozen=True)
@@ -114,27 +115,3 @@ def engine_decide(facts: RoutingFacts, frames, layer: int, logits: torch.Tensor,
             part = Decision(native.idx[mask], native.w[mask], native.valid[mask])
         parts.append((mask, part))
     return _merge(parts, logits.shape[0]), True
-
-
-def _merge(parts, num_tokens: int) -> Decision:
-    """One decision of ``num_tokens`` tokens from ``(mask, part)`` pieces, padded with empty slots."""
-    k = max(part.k for _, part in parts)
-    device = parts[0][1].idx.device
-    idx = torch.zeros(num_tokens, k, dtype=torch.long, device=device)
-    w = torch.zeros(num_tokens, k, dtype=torch.float32, device=device)
-    valid = torch.zeros(num_tokens, k, dtype=torch.bool, device=device)
-    for mask, part in parts:
-        part = pad_to(part, k)
-        idx[mask], w[mask], valid[mask] = part.idx, part.w.float(), part.valid
-    return Decision(idx, w, valid)
-
-
-def pad_to(d: Decision, k: int) -> Decision:
-    """``d`` with empty slots appended up to ``k`` (the first slot's id, weight 0, not valid)."""
-    pad = k - d.k
-    if pad <= 0:
-        return d
-    n = d.idx.shape[0]
-    return Decision(torch.cat([d.idx, d.idx[:, :1].expand(n, pad)], dim=1),
-                    torch.cat([d.w, torch.zeros(n, pad, dtype=d.w.dtype, device=d.w.device)], dim=1),
-                    torch.cat([d.valid, torch.zeros(n, pad, dtype=torch.bool, device=d.w.device)], dim=1))
