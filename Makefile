@@ -5,11 +5,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# the second environment: vLLM's CPU build pins an older transformers (scripts/vllm-env.sh)
+VLLM_VENV ?= .venv-vllm
 OUT ?= report
 # The CPU wheel of torch; GPU users: see README ("Using a GPU").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install system-deps clean
+.PHONY: demo test install system-deps vllm-env clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +28,11 @@ system-deps:
 demo: install system-deps
 	$(PY) -m workbench demo --out $(OUT)
 
-test: install system-deps
+vllm-env:
+	bash scripts/vllm-env.sh $(VLLM_VENV)
+
+test: install system-deps vllm-env
 	bash scripts/run-tests.sh $(PY)
 
 clean:
-	rm -rf $(VENV) $(OUT)
+	rm -rf $(VENV) $(VLLM_VENV) $(OUT)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import pytest
 import torch
+
+#: the vLLM tier runs in its own environment (.venv-vllm): scripts/run-tests.sh runs it there
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_tier"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -132,3 +132,58 @@ def tiny_model(family: str, seed: int = 0, router_scale: float = 30.0):
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(torch.randn_like(buf) * 0.05)
     return model, tiny_tokenizer()
+
+
+#: widths vLLM's CPU kernels accept (attention heads of 64, hidden 128), per family on top of the tiny config
+_ENGINE_WIDTHS = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+_ENGINE_EXTRA = {"qwen3_moe": dict(head_dim=64),
+                 "deepseek_v2": dict(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64,
+                                     head_dim=64)}
+#: tiny families a vLLM engine runs (see tests/vllm)
+ENGINE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "deepseek_v2")
+
+
+def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float = 30.0):
+    """Save a tiny random checkpoint of ``family`` (safetensors, config and the tiny tokenizer) whose
+    widths a vLLM engine also runs, so both backends load the same files.
+
+    Args:
+        family: one of :data:`ENGINE_FAMILIES`.
+        path: the folder to write.
+        seed: torch seed for the weights.
+        router_scale: router weights are multiplied by this so that routing is decisive.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Example:
+        >>> import tempfile, workbench as wb
+        >>> from workbench.testing import save_tiny_checkpoint
+        >>> lm = wb.load(save_tiny_checkpoint("olmoe", tempfile.mkdtemp()))
+        >>> lm.num_experts, lm.top_k
+        (8, 2)
+    """
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    if family not in ENGINE_FAMILIES:
+        raise KeyError(f"no engine-sized tiny checkpoint for {family!r}; known: {', '.join(ENGINE_FAMILIES)}")
+    config = tiny_config(family)
+    values = config.to_dict()
+    values.update(_ENGINE_WIDTHS, **_ENGINE_EXTRA.get(family, {}))
+    values.pop("qk_head_dim", None)  # derived from the rope and nope widths
+    config = type(config).from_dict(values)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".gate.weight" in name:
+                param.mul_(router_scale)
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.randn_like(buf) * 0.05)
+    path = Path(path)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

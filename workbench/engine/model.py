@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,7 @@ class VLLMModel:
         self.llm = llm
         self.tokenizer = tokenizer
         self.source = source
+        self.path = path
         self.adapter = shadow.adapter
         self.rule = shadow.rule
         self.num_experts = shadow.num_experts
@@ -105,7 +107,7 @@ class VLLMModel:
                                       "with the transformers backend")
         self.facts = RoutingFacts(self.num_experts, self.top_k, self.rule, tuple(self.moe_layers),
                                   tuple(self.hash_layers), self.num_routed_experts)
-        found = self.llm.collective_rpc("wb_setup", args=(self.facts,))
+        found = [pickle.loads(b) for b in self.llm.collective_rpc("wb_setup", args=(pickle.dumps((self.facts,)),))]
         held = sorted({int(layer) for worker in found for layer in worker["routers"]})
         missing = [layer for layer in self.moe_layers if layer not in held]
         if missing:
@@ -128,7 +130,7 @@ class VLLMModel:
 
     @property
     def name(self) -> str:
-        return self.source
+        return self.path or self.source  # as the transformers backend names it: the checkpoint's folder
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +147,26 @@ class VLLMModel:
     def __repr__(self) -> str:
         return (f"VLLMModel({self.adapter.describe(self.config)}; moe_layers={self.moe_layers}, "
                 f"fingerprint={self.fingerprint})")
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (the object is unusable afterwards); also what
+        leaving ``with wb.load(..., backend="vllm") as lm:`` does."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm, core
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+
+    def __enter__(self) -> "VLLMModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def describe(self) -> str:
         """How the workbench knows this model (as :meth:`MoEModel.describe`) and how vLLM runs it."""
@@ -172,11 +194,11 @@ class VLLMModel:
         it, also when it raises. Returns ``(fn's result, recorded units or None)``."""
         frames = tuple(f.specs for f in self.probes.edit_frames)
         self._check_frames(frames)
-        self.llm.collective_rpc("wb_begin", args=(frames, capture))
+        self.llm.collective_rpc("wb_begin", args=(pickle.dumps((frames, capture)),))
         try:
             result = fn()
         finally:
-            recorded = self.llm.collective_rpc("wb_end")
+            recorded = [pickle.loads(b) for b in self.llm.collective_rpc("wb_end")]
         return result, None if capture is None else _merge_workers(recorded)
 
     def _params(self, count: int, max_tokens: int, **kwargs):
@@ -211,8 +233,9 @@ class VLLMModel:
                 raise FloatingPointError(
                     f"layer {got['nonfinite'][0]}: router scores or routing weights of document {doc} are not "
                     "finite (NaN or inf); try dtype='float32' or 'bfloat16'; nothing of this batch was recorded")
-            idx_l.append(np.stack([got["layers"][layer][0][keep] for layer in layers]))
-            w_l.append(np.stack([got["layers"][layer][1][keep] for layer in layers]))
+            k = max(got["layers"][layer][0].shape[1] for layer in layers)  # an edit may leave fewer slots
+            idx_l.append(np.stack([_pad_slots(got["layers"][layer][0][keep], k, -1) for layer in layers]))
+            w_l.append(np.stack([_pad_slots(got["layers"][layer][1][keep], k, 0.0) for layer in layers]))
             if scores:
                 sc_l.append(np.stack([got["layers"][layer][2][keep] for layer in layers]))
         out = {"idx": torch.from_numpy(np.concatenate(idx_l, axis=1)),
@@ -261,6 +284,11 @@ class VLLMModel:
         return result
 
 
+def _pad_slots(a: np.ndarray, k: int, fill) -> np.ndarray:
+    """``a`` ``[T, j]`` padded with ``fill`` to ``[T, k]`` slots."""
+    return a if a.shape[1] == k else np.pad(a, ((0, 0), (0, k - a.shape[1])), constant_values=fill)
+
+
 def _merge_workers(per_worker: list) -> list[dict]:
     """One list of recorded units from every worker's: tensor-parallel workers record the same
     tokens (the first is kept); pipeline stages each hold some layers (their layers are joined)."""
@@ -275,6 +303,24 @@ def _merge_workers(per_worker: list) -> list[dict]:
                     have["layers"].setdefault(layer, arrays)
                 have["nonfinite"] = sorted(set(have["nonfinite"]) | set(unit["nonfinite"]))
     return [merged[u] for u in sorted(merged)]
+
+
+#: KV-cache bytes an engine on the CPU reserves unless told (vLLM's default is 92 % of the machine)
+CPU_KV_CACHE_BYTES = 2 << 30
+
+
+def _cpu_cache_default(args: dict) -> None:
+    """On vLLM's CPU build, reserve :data:`CPU_KV_CACHE_BYTES` (at most a quarter of the free memory)
+    for the KV cache rather than most of the machine, unless the caller sized it."""
+    if "kv_cache_memory_bytes" in args or "gpu_memory_utilization" in args:
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    import psutil
+
+    args["kv_cache_memory_bytes"] = int(min(CPU_KV_CACHE_BYTES, psutil.virtual_memory().available // 4))
 
 
 def _vllm_version() -> str:
@@ -301,7 +347,8 @@ def load_vllm(source="demo", *, dtype=None, trust_remote_code: bool = False, **e
 
     Args:
         source: ``"demo"``, a local checkpoint folder, or a hub id.
-        dtype: ``"float32"``, ``"bfloat16"``, ... (default: the checkpoint's, as vLLM chooses).
+        dtype: ``"float32"``, ``"bfloat16"``, ... (default: the checkpoint's, as in the transformers
+            backend; vLLM's own default on the CPU would be bfloat16).
         trust_remote_code: allow the checkpoint's own Python code. Off by default.
         **engine_args: ``vllm.LLM`` arguments (``tensor_parallel_size``, ``max_model_len``,
             ``gpu_memory_utilization``, ...). ``enforce_eager=True`` and
@@ -337,10 +384,21 @@ def load_vllm(source="demo", *, dtype=None, trust_remote_code: bool = False, **e
     if args.get("enable_prefix_caching"):
         raise ValueError("enable_prefix_caching=True would skip cached prompt prefixes, whose routing would then be "
                          "missing from traces; leave it off")
+    if int(args.get("data_parallel_size", 1) or 1) > 1:
+        raise NotImplementedError(
+            "data_parallel_size > 1: vLLM's data-parallel MoE gathers every replica's tokens before routing, so a "
+            "replica's routers see tokens of requests it does not hold. Record in parallel by running one engine "
+            "per replica on its own share of the texts, each into its own store, and open them together "
+            "with wb.open_trace([...]) (docs/vllm.md)")
+    if args.get("enable_eplb"):
+        raise NotImplementedError("enable_eplb=True: expert-parallel load balancing maps the router's experts to "
+                                  "replicated physical experts, so recorded ids would not be the model's experts")
     if "worker_extension_cls" in args:
         raise ValueError("worker_extension_cls is set by the workbench (its routing extension)")
-    if dtype is not None:
-        args["dtype"] = str(dtype).replace("torch.", "")
+    if dtype is None:  # as the transformers backend: the checkpoint's (vLLM's CPU build would pick bfloat16)
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "auto"
+    args["dtype"] = str(dtype).replace("torch.", "")
+    _cpu_cache_default(args)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     llm = LLM(model=path, skip_tokenizer_init=True, trust_remote_code=trust_remote_code,
               worker_extension_cls=QUALNAME, **args)

@@ -18,16 +18,20 @@ Flattened batch tokens are mapped back to requests from the model runner's own s
 forward pre-hook on the model reads ``input_ids`` and ``positions`` and the runner's request order
 (``input_batch.req_ids``) and ``query_start_loc``. Each request carries the driver's unit and row
 numbers in ``SamplingParams.extra_args`` (``wb_unit``, ``wb_row``). Tokens a step pads are dropped.
+
+Arguments and results cross ``collective_rpc`` pickled: with worker processes vLLM encodes them with
+msgspec, which would turn the specs and facts (dataclasses) into plain dicts.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
 import torch
 
-from workbench.engine.decide import RoutingFacts, engine_decide
+from workbench.engine.decide import engine_decide
 from workbench.kernels.routing import Decision
 from workbench.probes.seams import in_rank_order
 
@@ -66,8 +70,10 @@ class RoutingExtension:
     """Methods vLLM mixes into its worker class; the driver calls them by name."""
 
     # -- setup ---------------------------------------------------------------------------
-    def wb_setup(self, facts: RoutingFacts) -> dict:
-        """Find the MoE routers, check them against ``facts`` and keep them (nothing installed)."""
+    def wb_setup(self, payload: bytes) -> bytes:
+        """Find the MoE routers, check them against the pickled :class:`~workbench.engine.decide.RoutingFacts` and keep them
+        (nothing installed)."""
+        (facts,) = pickle.loads(payload)
         model = self.model_runner.get_model()
         routers = find_routers(model)
         held = [layer for layer in facts.moe_layers if layer in routers]  # a pipeline stage holds some
@@ -75,26 +81,29 @@ class RoutingExtension:
                     "bias": {layer: _selection_bias(model, *routers[layer]) for layer in held},
                     "scale": {layer: _output_scale(model, routers[layer][0]) for layer in held},
                     "frames": (), "capture": None, "steps": [], "step": None, "installed": [], "hook": None}
-        return {"routers": {layer: type(routers[layer][1]).__name__ for layer in held},
-                "model": type(model).__name__}
+        return pickle.dumps({"routers": {layer: type(routers[layer][1]).__name__ for layer in held},
+                             "model": type(model).__name__})
 
     # -- a call's edits and recording ----------------------------------------------------------
-    def wb_begin(self, frames: tuple, capture: dict | None) -> None:
+    def wb_begin(self, payload: bytes) -> None:
         """Put ``frames`` (tuples of specs) in force and start recording ``capture``
-        (``{"layers": [...], "scores": bool}``) or nothing; hooks are installed only when needed."""
+        (``{"layers": [...], "scores": bool}``) or nothing, both pickled in ``payload``; hooks are
+        installed only when needed."""
+        frames, capture = pickle.loads(payload)
         state = self._wb
         state["frames"], state["capture"], state["steps"], state["step"] = tuple(frames), capture, [], None
         if (frames or capture) and not state["installed"]:
             self._wb_install()
 
-    def wb_end(self) -> list[dict] | None:
-        """Stop: remove every hook (the engine routes exactly as before) and return what was recorded."""
+    def wb_end(self) -> bytes:
+        """Stop: remove every hook (the engine routes exactly as before) and return what was recorded
+        (pickled: a list of units, or None)."""
         state = self._wb
         steps = state["steps"]
         capture = state["capture"]
         state["frames"], state["capture"], state["steps"], state["step"] = (), None, [], None
         self._wb_remove()
-        return None if capture is None else _by_unit(steps)
+        return pickle.dumps(None if capture is None else _by_unit(steps))
 
     def wb_installed(self) -> int:
         """How many wrappers and hooks are installed (0 between calls)."""
@@ -149,8 +158,9 @@ class RoutingExtension:
         step = {"units": np.repeat(np.asarray(units, dtype=np.int64), counts),
                 "rows": torch.from_numpy(np.repeat(np.asarray(rows, dtype=np.int64), counts)),
                 "total": total,
-                "positions": None if positions is None else positions[:total].detach().to("cpu", torch.long),
-                "ids": None if input_ids is None else input_ids[:total].detach().to("cpu", torch.long),
+                # copies: the runner reuses its input buffers at the next step (and on the CPU .to() is no copy)
+                "positions": None if positions is None else positions[:total].detach().to("cpu", torch.long).clone(),
+                "ids": None if input_ids is None else input_ids[:total].detach().to("cpu", torch.long).clone(),
                 "layers": {}, "nonfinite": []}
         self._wb["step"] = step
         if self._wb["capture"] is not None:
@@ -218,8 +228,8 @@ def _keep(step: dict, layer: int, decision: Decision, logits, total: int) -> Non
     if not bool(torch.isfinite(w).all()) or (logits is not None and not bool(torch.isfinite(logits).all())):
         step["nonfinite"].append(layer)
     step["layers"][layer] = (torch.where(valid, idx, torch.full_like(idx, -1)).to("cpu", torch.int16),
-                             w.to("cpu", torch.float32),
-                             None if logits is None else logits.to("cpu", torch.float16))
+                             w.to("cpu", torch.float32).clone(),
+                             None if logits is None else logits.to("cpu", torch.float16).clone())
 
 
 def _by_unit(steps: list[dict]) -> list[dict]:

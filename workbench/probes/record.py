@@ -12,6 +12,7 @@ while the next batch runs.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 import warnings
 from pathlib import Path
@@ -78,7 +79,7 @@ def _fingerprint_inputs(texts, labels, params) -> str:
 
 def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | None = None,
            scores: bool = False, layers=None, out=None, progress: bool = True,
-           add_special_tokens: bool = True):
+           add_special_tokens: bool = True, max_new_tokens: int = 0):
     """Record which experts every token is routed to.
 
     Args:
@@ -94,6 +95,10 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
             recording (or opens the finished one). Corpus-scale traces should always use it.
         progress: show a progress bar.
         add_special_tokens: let the tokenizer add its special tokens (e.g. BOS).
+        max_new_tokens: also record this many greedily generated tokens after each text (under the
+            edits in force; end-of-sequence does not stop generation). Each text and its continuation
+            must fit in one chunk of ``max_length`` tokens. Generated tokens follow the prompt's
+            positions; ``meta["prompt_tokens"]`` gives each document's prompt length.
 
     Returns:
         A :class:`~workbench.trace.RoutingTrace` (in memory), or with ``out`` the
@@ -141,8 +146,10 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
                          "longer texts are split into chunks of at most max_length tokens, so choose "
                          f"max_length <= {context}")
     max_length = max_length or _default_max_length(lm)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     params = {"fingerprint": lm.fingerprint, "max_length": max_length, "scores": scores, "layers": layers,
-              "add_special_tokens": add_special_tokens, "edits": [repr(f) for f in lm.probes.edit_frames]}
+              "add_special_tokens": add_special_tokens, "max_new_tokens": max_new_tokens, "edits": [repr(f) for f in lm.probes.edit_frames]}
     key = _fingerprint_inputs(texts, labels, params)
     meta = {"model": lm.name, "adapter": lm.adapter.name, "top_k": lm.top_k, "max_length": max_length,
             "edits": params["edits"], "input_key": key, "scores_unit": lm.adapter.router_output,
@@ -155,6 +162,10 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
     units = _units(lm, texts, max_length, add_special_tokens)
     collector = _Collector(layers)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    if max_new_tokens:
+        units = _with_continuations(lm, units, max_new_tokens, max_length, batch_size, pad_id, progress)
+        meta["max_new_tokens"] = max_new_tokens
+        meta["prompt_tokens"] = [len(u[2]) - max_new_tokens for u in units]
     if out is not None:
         return _record_to_store(lm, Path(out), units, labels, layers, key, meta, scores, batch_size, collector,
                                 pad_id, progress)
@@ -211,6 +222,17 @@ def _record_to_store(lm, out, units, labels, layers, key, meta, scores, batch_si
     finally:
         writer.close()
     return open_trace(out)
+
+
+def _with_continuations(lm, units, new_tokens, max_length, batch_size, pad_id, progress):
+    from workbench.probes.continuation import continue_units
+
+    chunks = Counter(u[0] for u in units)
+    for doc, _, ids in units:
+        if chunks[doc] > 1 or len(ids) + new_tokens > max_length:
+            raise ValueError(f"text {doc} has {len(ids)} tokens: with max_new_tokens={new_tokens} it does not fit in "
+                             f"one chunk of max_length={max_length} tokens; shorten the text or raise max_length")
+    return continue_units(lm, units, new_tokens, batch_size, pad_id, progress)
 
 
 def _finished(out: Path, key: str) -> bool:
