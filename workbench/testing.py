@@ -138,9 +138,11 @@ def tiny_model(family: str, seed: int = 0, router_scale: float = 30.0):
 _ENGINE_WIDTHS = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
 _ENGINE_EXTRA = {"qwen3_moe": dict(head_dim=64),
                  "deepseek_v2": dict(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64,
-                                     head_dim=64)}
+                                     head_dim=64),
+                 "deepseek_v3": dict(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64, v_head_dim=64,
+                                     head_dim=64, q_lora_rank=64, scoring_func="sigmoid", topk_method="noaux_tc")}
 #: tiny families a vLLM engine runs (see tests/vllm)
-ENGINE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "deepseek_v2")
+ENGINE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 
 
 def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float = 30.0):

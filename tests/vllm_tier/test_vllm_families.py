@@ -17,7 +17,7 @@ from engine_checks import TEXTS, assert_same_trace
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["mixtral", "olmoe", "qwen2_moe", "deepseek_v2"])
+@pytest.fixture(scope="module", params=["mixtral", "olmoe", "qwen2_moe", "deepseek_v2", "deepseek_v3"])
 def pair(request, tmp_path_factory):
     path = save_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
     lm = wb.load(path)
@@ -31,13 +31,13 @@ def test_trace_and_edited_generation(pair):
     assert vm.fingerprint == lm.fingerprint and vm.rule == lm.rule
     got = wb.record(vm, TEXTS, scores=True, progress=False)
     want = wb.record(lm, TEXTS, scores=True, progress=False)
-    if family == "deepseek_v2":
+    if family.startswith("deepseek"):
         # vLLM's MLA attention differs from transformers' past the first token (its rope layout), so the
         # routers see other hidden states there: compare where attention is the identity, and check that
         # everywhere vLLM's own router logits give the recorded routing by the family's rule
         assert_same_trace(got, want, positions=[0])
-        layer_rows = [route(torch.from_numpy(got.scores[i].astype(np.float32)), vm.rule, vm.top_k)
-                      for i in range(len(got.layers))]
+        layer_rows = [route(torch.from_numpy(got.scores[i].astype(np.float32)), vm.rule, vm.top_k,
+                            bias=lm.selection_bias(layer)) for i, layer in enumerate(got.layers)]
         assert np.array_equal(np.stack([d.idx.sort(-1).values.numpy() for d in layer_rows]),
                               np.sort(got.topk_idx, -1))
         return
@@ -49,3 +49,11 @@ def test_trace_and_edited_generation(pair):
     with wb.edit(vm, spec):
         got_gen = [g.token_ids for g in vm.generate(prompts, 6, ignore_eos=True)]
     assert got_gen == want_gen
+
+
+def test_deepseek_v3_config_without_vllm_routing_keys_is_refused(tmp_path):
+    path = save_tiny_checkpoint("deepseek_v3", tmp_path / "v3")
+    config = (path / "config.json").read_text().replace('"scoring_func": "sigmoid"', '"scoring_func": "softmax"')
+    (path / "config.json").write_text(config)
+    with pytest.raises(ValueError, match="scoring_func='sigmoid' and topk_method='noaux_tc'"):
+        wb.load(path, backend="vllm")

@@ -305,6 +305,19 @@ def _merge_workers(per_worker: list) -> list[dict]:
     return [merged[u] for u in sorted(merged)]
 
 
+def _check_vllm_reads_the_rule(config) -> None:
+    """Refuse a DeepSeek-V3 config without the keys vLLM reads its routing from: transformers' class
+    hard-codes sigmoid scores with a selection bias, vLLM's model reads ``scoring_func`` (default
+    softmax) and ``topk_method`` (the bias only for ``"noaux_tc"``), as DeepSeek's own config.json has."""
+    if config.model_type != "deepseek_v3":
+        return
+    values = config.to_dict()
+    if values.get("scoring_func") != "sigmoid" or values.get("topk_method") != "noaux_tc":
+        raise ValueError("this DeepSeek-V3 config.json lacks scoring_func='sigmoid' and topk_method='noaux_tc' (as "
+                         "DeepSeek's checkpoints have; transformers does not write them): vLLM would route it with "
+                         "softmax and no selection bias. Add both keys to config.json")
+
+
 #: KV-cache bytes an engine on the CPU reserves unless told (vLLM's default is 92 % of the machine)
 CPU_KV_CACHE_BYTES = 2 << 30
 
@@ -379,6 +392,7 @@ def load_vllm(source="demo", *, dtype=None, trust_remote_code: bool = False, **e
         raise NotImplementedError(f"the vLLM backend does not route {config.model_type!r} ({shadow.adapter.name}); "
                                   "supported there: families whose vLLM model uses its fused-MoE layer "
                                   "(Qwen2/3-MoE, Mixtral, OLMoE, DeepSeek-V2/V3, ...). Use the transformers backend")
+    _check_vllm_reads_the_rule(config)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args = dict(ENGINE_DEFAULTS, **engine_args)
     if args.get("enable_prefix_caching"):

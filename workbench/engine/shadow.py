@@ -31,9 +31,12 @@ def shadow_config(config):
     """A copy of ``config`` (a transformers text config) with the widths of :data:`SHADOW_WIDTHS`,
     rebuilt through its class so that derived sizes follow."""
     values = config.to_dict()
+    rope_is_head = values.get("head_dim") is not None and values.get("head_dim") == values.get("qk_rope_head_dim")
     for name, width in SHADOW_WIDTHS.items():
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
             values[name] = min(values[name], width)
+    if rope_is_head:  # MLA (DeepSeek-V3): the rotary embedding is sized by head_dim, the rope part of q and k
+        values["head_dim"] = values["qk_rope_head_dim"]
     if isinstance(values.get("qk_head_dim"), int):  # derived in __init__ but kept in to_dict (MLA)
         values["qk_head_dim"] = values.get("qk_nope_head_dim", 0) + values.get("qk_rope_head_dim", 0)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
