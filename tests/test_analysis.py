@@ -175,3 +175,80 @@ def test_trace_counts_document_index_and_routed_tokens():
         c.doc_tokens(5)
     with pytest.raises(ValueError, match="labels"):
         c.select_counts(["nope"])
+
+
+# -- expert tokens ---------------------------------------------------------------------------
+def test_expert_tokens_lists_routed_tokens_with_context_inside_the_document():
+    # doc 0: t0 t1 t2 t3, doc 1: t4 t5; expert 2 in slot 0 of t1, slot 1 of t3 and t4
+    idx = [[[0, 1], [2, 0], [0, 1], [1, 2], [2, 3], [0, 1]]]
+    w = [[[0.6, 0.4], [0.9, 0.1], [0.5, 0.5], [0.7, 0.3], [0.8, 0.2], [0.5, 0.5]]]
+    trace = make_trace(idx, w=w, doc=[0, 0, 0, 0, 1, 1], labels=["x", "y"])
+    rows = A.expert_tokens(trace, 0, 2, context=2)
+    assert list(rows.columns) == ["doc", "pos", "left", "token", "right", "weight", "rank", "label", "token_id", "t"]
+    assert rows.t.tolist() == [1, 4, 3]  # by weight: 0.9, 0.8, 0.3
+    assert rows["rank"].tolist() == [0, 0, 1] and rows.weight.tolist() == pytest.approx([0.9, 0.8, 0.3])
+    first = rows.iloc[0]
+    assert (first.left, first.token, first.right) == ("t0", "t1", "t2t3")
+    t4 = rows[rows.t == 4].iloc[0]
+    assert (t4.doc, t4.pos, t4.left, t4.right, t4.label) == (1, 0, "", "t5", "y")  # not doc 0's tokens
+    t3 = rows[rows.t == 3].iloc[0]
+    assert (t3.left, t3.right) == ("t1t2", "")
+    assert A.expert_tokens(trace, 0, 2, context=(1, 0), sort=None).t.tolist() == [1, 3, 4]
+    assert A.expert_tokens(trace, 0, 2, context=(1, 0), sort=None).left.tolist() == ["t0", "t2", ""]
+    assert len(A.expert_tokens(trace, 0, 2, top=2)) == 2
+    assert A.expert_tokens(trace, 0, 3).t.tolist() == [4]
+    with pytest.raises(ValueError, match="not an expert"):
+        A.expert_tokens(trace, 0, 4)
+    with pytest.raises(KeyError, match="not recorded"):
+        A.expert_tokens(trace, 5, 0)
+    with pytest.raises(ValueError, match="context"):
+        A.expert_tokens(trace, 0, 0, context=-1)
+
+
+def test_expert_tokens_decodes_on_character_boundaries():
+    # "a", then "¿" split over two tokens (bytes c2 | bf), then "b"
+    trace = make_trace([[[0], [1], [0], [0]]], token_ids=[0, 1, 2, 3], num_experts=2)
+    trace.token_text.update({0: "a", 1: "\ufffd", 2: "\ufffd", 3: "b"})
+    trace.meta["token_bytes"] = {"1": "c2", "2": "bf"}
+    row = A.expert_tokens(trace, 0, 1, context=1).iloc[0]
+    assert (row.left, row.token, row.right) == ("a", "¿", "")  # the whole character, its first byte routed
+    rows = A.expert_tokens(trace, 0, 0, context=3, sort=None)
+    assert rows.token.tolist() == ["a", "¿", "b"] and rows.left.tolist() == ["", "a", "a¿"]
+    assert rows.right.tolist() == ["¿b", "b", ""]
+
+
+def test_expert_tokens_matches_the_trace_dataframe_in_memory_and_stored(tiny, tmp_path):
+    lm = tiny("olmoe")
+    texts = ["the cat sat on the mat", "def f(x): return x + 1", "a b c d e f g"]
+    memory = wb.record(lm, texts, labels=["en", "code", "letters"], progress=False)
+    stored = wb.record(lm, texts, labels=["en", "code", "letters"], progress=False, out=tmp_path / "store")
+    df = memory.to_dataframe()
+    tokens = memory.tokens()
+    for layer in memory.layers:
+        for expert in range(memory.num_experts):
+            rows = A.expert_tokens(memory, layer, expert, context=3, sort=None)
+            want = df[(df.layer == layer) & (df.expert == expert)].sort_values(["t", "rank"])
+            assert rows[["doc", "pos", "rank", "t", "token_id", "label"]].values.tolist() == \
+                want[["doc", "pos", "rank", "t", "token_id", "label"]].values.tolist()
+            np.testing.assert_allclose(rows.weight, want.weight, rtol=1e-6)
+            for r in rows.itertuples():  # ASCII texts: the context is the neighbouring tokens' text
+                same = [t for t in range(r.t - 3, r.t + 4) if 0 <= t < memory.num_tokens and memory.doc[t] == r.doc]
+                assert r.left == "".join(tokens[t] for t in same if t < r.t)
+                assert r.token == tokens[r.t]
+                assert r.right == "".join(tokens[t] for t in same if t > r.t)
+            from_store = A.expert_tokens(stored, layer, expert, context=3, sort=None)
+            assert from_store[["doc", "pos", "left", "token", "right", "rank"]].values.tolist() == \
+                rows[["doc", "pos", "left", "token", "right", "rank"]].values.tolist()
+            np.testing.assert_allclose(from_store.weight, rows.weight, rtol=1e-2)  # stored as float16
+
+
+def test_expert_tokens_with_the_tokenizer_decodes_split_characters_whole(tiny):
+    lm = tiny("qwen3_moe")
+    text = "¿Dónde está? 日本語 señor"
+    trace = wb.record(lm, [text], progress=False)
+    seen = set()
+    for expert in range(lm.num_experts):
+        rows = A.expert_tokens(trace, 0, expert, context=100, tokenizer=lm)
+        assert ((rows.left + rows.token + rows.right) == text).all()  # whole characters, nothing lost
+        seen.update(rows.token)
+    assert "\ufffd" not in "".join(seen) and {"¿", "日"} <= {c for token in seen for c in token}

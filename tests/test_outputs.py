@@ -8,7 +8,7 @@ from workbench.cli import OUT_KIND, build_parser
 from workbench.cli import main as cli_main
 
 ARGS = {  # the smallest argument list of each command that writes --out (they are refused before running)
-    "demo": [], "steer": ["--a", "a.jsonl", "--b", "b.jsonl"], "contrast": ["--tasks", "t.jsonl"],
+    "demo": [], "report": [], "steer": ["--a", "a.jsonl", "--b", "b.jsonl"], "contrast": ["--tasks", "t.jsonl"],
     "prune": ["--keep", "4"], "skip": [], "analyse": ["trace"], "embed": ["--texts", "t.txt"],
     "sql": ["trace", "--query", "SELECT 1"], "record": ["--model", "m", "--texts", "t.txt"],
 }

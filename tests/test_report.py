@@ -31,6 +31,31 @@ def test_sample_is_taken_round_robin_over_labels():
     assert len({label for _, label in FALLBACK}) >= 3
 
 
+def test_report_corpus_from_the_demo_a_file_or_a_list(tmp_path):
+    from workbench.report import report_corpus
+
+    texts, labels, what = report_corpus(sample=4)
+    assert len(texts) == 4 and len(set(labels)) == 4 and "demo" in what
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "x"}\n{"text": "c", "label": "y"}\n')
+    assert report_corpus(path, sample=2)[:2] == (["a", "c"], ["x", "y"])  # round-robin over labels
+    plain = tmp_path / "t.txt"
+    plain.write_text("one\ntwo\nthree\n")
+    assert report_corpus(plain, sample=2) == (["one", "two"], None, str(plain))
+    assert report_corpus(["p", "q"], ["l", "m"])[:2] == (["p", "q"], ["l", "m"])
+    with pytest.raises(ValueError, match="one label per text"):
+        report_corpus(["p", "q"], ["l"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report_corpus(tmp_path / "missing.txt")
+
+
+def test_analyse_reports_progress_and_keeps_its_tables(capsys):
+    trace = synthetic_trace()
+    quiet = analyse(trace)
+    shown = analyse(trace, progress=True)
+    assert list(quiet) == list(shown) and "analyses" in capsys.readouterr().err
+
+
 def test_report_page_escapes_token_text_everywhere():
     trace = synthetic_trace()
     tables = analyse(trace)

@@ -51,7 +51,10 @@ def test_cli_steer_writes_ranked_experts_and_experiment(checkpoint, tmp_path, ca
     top = " ".join(f"L{r.layer}/E{r.expert}" for r in experts.head(3).itertuples())
     assert experiment.experts.iloc[1] == top
     assert "ppl_b" in experiment.columns
-    assert "top_off" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "top_off" in printed
+    header = next(line for line in printed.splitlines() if line.startswith("condition"))
+    assert header.split() == ["condition", "runs", "rate", "95%", "CI", "change", "ppl_b"]  # named as in the CSVs
 
 
 def test_cli_steer_bad_input_is_a_clear_error(checkpoint, tmp_path, capsys):

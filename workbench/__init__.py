@@ -11,6 +11,7 @@ Example:
     True
 """
 
+from workbench import analysis  # noqa: F401  (wb.analysis.expert_tokens, ... without a separate import)
 from workbench.adapters import (Adapter, UnsupportedModelError, adapter_for, get_adapter, register,
                                 registered_model_types, supported_model_types)
 from workbench.kernels import RoutingRule

@@ -1,264 +1,186 @@
-"""Command line: ``python -m workbench <command> ...``.
+"""Command line: python -m workbench COMMAND [options]
 
 Commands:
     record    record a text file's routing into a trace store (Parquet shards; resumable).
     analyse   every routing analysis of one or more trace stores, as CSV tables.
     sql       run a DuckDB SQL query over trace stores (views: routing, tokens, docs, vocab).
-    demo      the main job: record the demo model's held-out corpus and write a report folder.
+    report    record a model's routing of a text file and write a report folder (figures, tables, trace).
+    demo      the main job: the report of the demo model on its held-out corpus.
     info      print what the workbench knows about a model.
     steer     rank experts by contrasting two prompt sets, switch them off/on, measure vs random.
-    contrast  greedy vs self-contrast (SCMoE) decoding on a JSONL task file.
-    embed     routing-weight (MoEE) embeddings of texts into an ``.npy`` matrix.
+    contrast  greedy vs self-contrast (SCMoE) decoding on a JSONL task file: accuracy and ms/token.
+    embed     routing-weight (MoEE) embeddings of texts into an .npy matrix.
     prune     drop experts (enumerative, frequency, random) and save a plain-transformers checkpoint.
     skip      calibrate dynamic-skipping thresholds and save them with the checkpoint.
     families  the coverage matrix: every MoE model type of the installed transformers, checked.
 
-Run ``python -m workbench <command> --help`` for each command's options.
+Models (--model): "demo" (the checkpoint shipped with the package), a local checkpoint folder, or a
+Hugging Face hub id such as org/name.
+
+Run python -m workbench COMMAND --help for each command's options. A wrong input is reported in one
+line (exit status 2); --traceback shows the full Python traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+import warnings
 
-from workbench.jsonl import read_texts
+from workbench.commands import (_cmd_analyse, _cmd_contrast, _cmd_demo, _cmd_embed, _cmd_families, _cmd_info,
+                                _cmd_prune, _cmd_record, _cmd_report, _cmd_skip, _cmd_sql, _cmd_steer,
+                                LONG_TOKENS, task_settings)  # noqa: F401 (cli.task_settings is used by tests and notebooks)
 
-
-def _cmd_record(args) -> int:
-    import workbench as wb
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    texts, labels = read_texts(args.texts)
-    trace = wb.record(lm, texts, labels=labels, batch_size=args.batch_size, max_length=args.max_length,
-                      scores=args.scores, out=args.out, progress=not args.quiet)
-    print(f"{trace!r}\nwritten to {args.out}")
-    return 0
+MODEL_HELP = '"demo", a checkpoint folder, or a hub id (org/name)'
+TEXTS_HELP = '.txt (one text a line) or .jsonl (one {"text": ..., "label": ...} a line)'
 
 
-def _cmd_analyse(args) -> int:
-    import workbench as wb
-    from workbench.export import save_table
-    from workbench.report import analyse
+# -- the parser ----------------------------------------------------------------------------
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, ``(default: ...)``, unless it says it already."""
 
-    trace = wb.open_trace(args.traces)
-    print(repr(trace))
-    out = Path(args.out)
-    for name, frame in analyse(trace).items():
-        print(f"written: {save_table(frame, out / f'{name}.csv')}  ({len(frame)} rows)")
-    return 0
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.required or action.default is argparse.SUPPRESS \
+                or "(default" in text or "%(default)" in text:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
-def _cmd_sql(args) -> int:
-    import workbench as wb
+class TopHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The top-level help: its description as written (line breaks kept)."""
 
-    frame = wb.open_trace(args.traces).sql(args.query).df()
-    if args.out:
-        frame.to_csv(args.out, index=False, lineterminator="\n")
-        print(f"written: {args.out} ({len(frame)} rows)")
+
+def _common(cmd, *, device: bool = True, quiet: bool = True, remote: bool = True) -> None:
+    if device:
+        cmd.add_argument("--device", default=None, help='e.g. "cuda" or "cuda:1" (default: the CPU)')
+    if remote:
+        cmd.add_argument("--trust-remote-code", action="store_true",
+                         help="allow the checkpoint's own Python code (needed by some hub models)")
+    if quiet:
+        cmd.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _force(cmd, what: str = "folder") -> None:
+    if what == "folder":
+        cmd.add_argument("--force", action="store_true",
+                         help="write into a non-empty folder the workbench did not make (default: refuse)")
     else:
-        print(frame.to_string(index=False, max_rows=args.max_rows))
-    return 0
+        cmd.add_argument("--force", action="store_true", help="replace the file if it exists (default: refuse)")
 
 
-def _cmd_info(args) -> int:
-    import workbench as wb
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code)
-    print(lm.describe())
-    return 0
-
-
-def _cmd_families(args) -> int:
-    from workbench.families.coverage import compute_matrix
-    from workbench.families.publish import format_table, summary, write_matrix
-
-    rows = compute_matrix(args.types or None, progress=not args.quiet, pruning=not args.no_pruning)
-    print(format_table(rows))
-    print(summary(rows))
-    if args.write:
-        for path in write_matrix(rows):
-            print(f"written: {path}")
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from workbench.report import run_demo
-
-    run_demo(Path(args.out), source=args.model, sample=args.sample, progress=not args.quiet, force=args.force)
-    return 0
-
-
-def _cmd_steer(args) -> int:
-    import workbench as wb
-    from workbench.steering.pipeline import steer_sets
-    from workbench.steering.prompts import read_jsonl_texts
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    a_texts = [r["text"] for r in read_jsonl_texts(args.a)]
-    b_texts = [r["text"] for r in read_jsonl_texts(args.b)]
-    contrast, experiment = steer_sets(
-        lm, a_texts, b_texts, top=args.top, out=args.out, prompt_tokens=args.prompt_tokens or None,
-        seeds=range(args.seeds), mode=args.mode, on_weight=args.weight, max_new_tokens=args.max_new_tokens,
-        measure=args.measure, permutations=args.permutations, figures=args.figures, progress=not args.quiet,
-        preset=args.preset, activate=args.activate)
-    print("\n".join(experiment.report_lines()))
-    print(f"wrote {Path(args.out) / 'experts.csv'} and {Path(args.out) / 'experiment.csv'}")
-    return 0
-
-
-def _preset(args):
-    """``--preset``: None for the workbench default, else the paper preset's name."""
-    return None if args.preset in (None, "workbench") else args.preset
-
-
-def _cmd_contrast(args) -> int:
-    import codecs
-
-    import workbench as wb
-    from workbench.contrast.evaluate import GREEDY, evaluate, read_tasks, scmoe
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    tasks = read_tasks(args.tasks)[: args.sample]
-    stop = [codecs.decode(s, "unicode_escape") for s in args.stop] or None
-    result = evaluate(lm, tasks, [GREEDY, scmoe(args.beta, args.alpha, args.weak)],
-                      max_new_tokens=args.max_new_tokens, stop=stop, bos=False if args.no_bos else None,
-                      eos=args.eos, preset=_preset(args), progress=not args.quiet)
-    result.save(args.out)
-    print(result.summary().to_string(index=False))
-    print(f"wrote {Path(args.out) / 'outputs.jsonl'} and {Path(args.out) / 'summary.csv'}")
-    return 0
-
-
-def _cmd_embed(args) -> int:
-    """Write MoEE embeddings of a text file as an ``[N, D]`` float32 ``.npy`` (input order).
-
-    ``concat`` standardises HS and RW with statistics fitted on the input texts themselves, or on
-    ``--reference`` texts when given, or taken from a saved ``--embedder`` folder; with ``--preset
-    moee`` every batch of 64 input texts is standardised on its own, as the reference code does.
-    """
-    import workbench as wb
-    from workbench.embeddings import MoEEmbedder
-    from workbench.embeddings.export import embed_to_file
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    texts, _ = read_texts(args.texts)
-    if args.embedder:
-        emb = MoEEmbedder.load(args.embedder, lm)
-    else:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-        emb = MoEEmbedder(lm, template=args.template, unit=args.unit, layers=layers,
-                          alpha=1.0 if args.alpha is None else args.alpha, batch_size=args.batch_size,
-                          max_length=args.max_length, preset=_preset(args))
-    reference = read_texts(args.reference)[0] if args.reference else None
-    matrix = embed_to_file(emb, texts, args.kind, args.out, alpha=args.alpha, reference=reference,
-                           progress=not args.quiet)
-    print(f"{emb.describe()}\nwrote {matrix.shape[0]}x{matrix.shape[1]} float32 ({args.kind}) to {args.out}")
-    return 0
-
-
-def _calibration(args):
-    """The model and calibration texts of the ``prune`` and ``skip`` commands."""
-    import workbench as wb
-    from workbench.pruning.jobs import calibration_texts
-
-    lm = wb.load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    return lm, calibration_texts(args.texts, per_domain=args.per_domain, sample=args.sample, seed=args.seed)
-
-
-def _cmd_prune(args) -> int:
-    from workbench.pruning.jobs import prune_job
-
-    lm, texts = _calibration(args)
-    result = prune_job(lm, texts, args.out, keep=args.keep, share=args.share, method=args.method,
-                       progressive=args.progressive, seed=args.seed, batch_size=args.batch_size,
-                       max_length=args.max_length, max_subsets=args.max_subsets, beam_width=args.beam_width,
-                       skip=args.skip, progress=not args.quiet, preset=_preset(args))
-    print(result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss"]].to_string(index=False))
-    print(f"wrote the pruned checkpoint (r={result.keep}) and {Path(args.out) / 'pruning.csv'}")
-    return 0
-
-
-def _cmd_skip(args) -> int:
-    from workbench.pruning.jobs import skip_job
-
-    lm, texts = _calibration(args)
-    cal = skip_job(lm, texts, args.out, scale=args.scale, batch_size=args.batch_size, max_length=args.max_length,
-                   progress=not args.quiet, preset=_preset(args))
-    print(cal.to_dataframe(args.scale).to_string(index=False))
-    print(f"wrote the checkpoint with thresholds in its config and {Path(args.out) / 'skipping.csv'}")
-    return 0
-
-
-def _calibration_args(cmd) -> None:
-    cmd.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+def _calibration_args(cmd, command: str) -> None:
+    cmd.add_argument("--model", default="demo", help=MODEL_HELP)
     cmd.add_argument("--out", required=True, help="output checkpoint folder")
-    cmd.add_argument("--force", action="store_true",
-                     help="write into a non-empty folder the workbench did not make (default: refuse)")
+    _force(cmd)
     cmd.add_argument("--texts", default=None,
-                     help="calibration .txt/.jsonl (default: the demo's held-out calibration split)")
-    cmd.add_argument("--per-domain", type=int, default=16, help="demo split: calibration documents per domain")
-    cmd.add_argument("--sample", type=int, default=None, help="use the first N calibration texts only")
-    cmd.add_argument("--seed", type=int, default=0, help="seed of the demo split and of --method random")
-    cmd.add_argument("--batch-size", type=int, default=None, help="chunks per calibration batch (default 8)")
-    cmd.add_argument("--max-length", type=int, default=None, help="chunk length in tokens")
+                     help=f"calibration texts, {TEXTS_HELP} (default: the demo's held-out calibration split)")
+    sizes = ("; 4 (notebook 02's setting) makes about 0.65 GB of layer caches on the demo model, 16 about 2.6 GB"
+             if command == "prune" else " (as prune's)")
+    cmd.add_argument("--per-domain", type=int, default=4,
+                     help=f"demo split: calibration documents per domain{sizes}")
+    cmd.add_argument("--sample", type=int, default=None, help="use the first N calibration texts only (default: all)")
+    seed_of = "the demo split and of --method random" if command == "prune" else "the demo split"
+    cmd.add_argument("--seed", type=int, default=0, help=f"seed of {seed_of}")
+    cmd.add_argument("--batch-size", type=int, default=None,
+                     help="chunks per calibration batch (default: 8; the preset's under --preset lu2024)")
+    cmd.add_argument("--max-length", type=int, default=None,
+                     help="chunk length in tokens (default: the model's context, at most 2048)")
     cmd.add_argument("--preset", choices=["workbench", "lu2024"], default="workbench",
                      help="calibration units: workbench (documents chunked and padded) or lu2024 (Lu et al.'s "
                           "code: documents shuffled with seed 42, joined, cut into 2048-token blocks)")
-    cmd.add_argument("--device", default=None)
-    cmd.add_argument("--trust-remote-code", action="store_true")
-    cmd.add_argument("--quiet", action="store_true")
+    _common(cmd)
+
+
+def _sub(sub, name: str, help: str, description: str | None = None):
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+
+
+#: The top-level help (the commands list follows it, from each command's own help).
+DESCRIPTION = __doc__[__doc__.index("Models (--model)"):]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="python -m workbench", description=DESCRIPTION,
+                                     formatter_class=TopHelpFormatter)
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the full Python traceback (default: one line)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    rec = sub.add_parser("record", help="record routing of texts into a trace folder")
-    rec.add_argument("--model", required=True, help='"demo", a checkpoint folder, or a hub id')
-    rec.add_argument("--texts", required=True, help=".txt (one text a line) or .jsonl (text, label)")
+    rec = _sub(sub, "record", "record routing of texts into a trace folder")
+    rec.add_argument("--model", required=True, help=MODEL_HELP)
+    rec.add_argument("--texts", required=True, help=TEXTS_HELP)
     rec.add_argument("--out", required=True, help="store folder (written shard by shard; run again to resume)")
-    rec.add_argument("--batch-size", type=int, default=8)
-    rec.add_argument("--max-length", type=int, default=None)
+    rec.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    rec.add_argument("--max-length", type=int, default=None,
+                     help="tokens kept per text (default: the model's context)")
     rec.add_argument("--scores", action="store_true", help="also keep full router logits")
-    rec.add_argument("--device", default=None)
-    rec.add_argument("--trust-remote-code", action="store_true")
-    rec.add_argument("--quiet", action="store_true")
+    rec.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                     help="run the model in transformers or in a vLLM engine (default: transformers)")
+    rec.add_argument("--tensor-parallel-size", type=int, default=1,
+                     help="vLLM only: GPUs per model replica (default: 1)")
+    rec.add_argument("--pipeline-parallel-size", type=int, default=1,
+                     help="vLLM only: pipeline stages (default: 1)")
+    rec.add_argument("--max-model-len", type=int, default=None,
+                     help="vLLM only: longest prompt the engine accepts (default: the engine's)")
+    _common(rec)
     rec.set_defaults(func=_cmd_record)
 
-    ana = sub.add_parser("analyse", help="every routing analysis of trace stores, as CSV tables")
+    ana = _sub(sub, "analyse", "every routing analysis of trace stores, as CSV tables")
     ana.add_argument("traces", nargs="+", help="store folder(s) of one model (several open as one trace)")
     ana.add_argument("--out", required=True, help="folder for the CSV tables")
-    ana.add_argument("--force", action="store_true",
-                     help="write into a non-empty folder the workbench did not make (default: refuse)")
+    _force(ana)
+    _common(ana, device=False, remote=False)
     ana.set_defaults(func=_cmd_analyse)
 
-    sql = sub.add_parser("sql", help="DuckDB SQL over trace stores (views: routing, tokens, docs, vocab)")
+    sql = _sub(sub, "sql", "DuckDB SQL over trace stores (views: routing, tokens, docs, vocab)")
     sql.add_argument("traces", nargs="+", help="store folder(s) of one model")
     sql.add_argument("--query", required=True,
                      help='e.g. "SELECT layer, expert, count(*) FROM routing GROUP BY ALL"')
-    sql.add_argument("--out", default=None, help="write the result to this CSV instead of printing it")
-    sql.add_argument("--force", action="store_true", help="replace the file if it exists (default: refuse)")
-    sql.add_argument("--max-rows", type=int, default=60, help="rows printed (default 60)")
+    sql.add_argument("--out", default=None, help="write the result to this CSV (default: print it)")
+    _force(sql, "file")
+    sql.add_argument("--max-rows", type=int, default=60, help="rows printed")
+    _common(sql, device=False, remote=False)
     sql.set_defaults(func=_cmd_sql)
 
-    info = sub.add_parser("info", help="describe a model's MoE structure")
-    info.add_argument("--model", default="demo")
-    info.add_argument("--trust-remote-code", action="store_true")
-    info.set_defaults(func=_cmd_info)
+    rep = _sub(sub, "report", "record a model's routing of texts and write a report folder",
+               "Record the routing of --texts on --model (router scores kept), run every analysis and write "
+               "--out: index.html, figures/ (HTML and PNG), tables/ (CSV) and trace/ (the store). "
+               "With no options it is 'python -m workbench demo': the demo model on its held-out corpus.")
+    rep.add_argument("--model", default="demo", help=MODEL_HELP)
+    rep.add_argument("--texts", default=None,
+                     help=f"{TEXTS_HELP}; labels enable the domain tables (default: the demo's held-out corpus)")
+    rep.add_argument("--out", default="report", help="report folder")
+    _force(rep)
+    rep.add_argument("--sample", type=int, default=None,
+                     help="documents to record, round-robin over labels (default: all)")
+    rep.add_argument("--max-length", type=int, default=None,
+                     help="tokens recorded per document (default: 512, or the model's context if shorter)")
+    rep.add_argument("--dtype", default=None,
+                     help='e.g. "bfloat16" for a large checkpoint (default: the checkpoint\'s)')
+    _common(rep)
+    rep.set_defaults(func=_cmd_report)
 
-    demo = sub.add_parser("demo", help="the main job: record the demo corpus and write a report")
-    demo.add_argument("--out", default="report", help="report folder (default: report)")
-    demo.add_argument("--force", action="store_true",
-                     help="write into a non-empty folder the workbench did not make (default: refuse)")
-    demo.add_argument("--model", default="demo")
+    demo = _sub(sub, "demo", "the main job: the report of the demo model on its held-out corpus",
+                "The report command's default case: the demo model on its held-out corpus.")
+    demo.add_argument("--out", default="report", help="report folder")
+    _force(demo)
+    demo.add_argument("--model", default="demo", help=MODEL_HELP)
     demo.add_argument("--sample", type=int, default=None, help="documents to record (default: all)")
-    demo.add_argument("--quiet", action="store_true")
+    _common(demo, device=False, remote=False)
     demo.set_defaults(func=_cmd_demo)
 
-    steer = sub.add_parser("steer", help="rank experts by set A vs set B, steer them, measure vs random")
-    steer.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
+    info = _sub(sub, "info", "describe a model's MoE structure")
+    info.add_argument("--model", default="demo", help=MODEL_HELP)
+    _common(info, device=False)
+    info.set_defaults(func=_cmd_info)
+
+    steer = _sub(sub, "steer", "rank experts by set A vs set B, steer them, measure vs random")
+    steer.add_argument("--model", default="demo", help=MODEL_HELP)
     steer.add_argument("--a", required=True, help="JSONL of set A (one {\"text\": ...} a line)")
     steer.add_argument("--b", required=True, help="JSONL of set B")
     steer.add_argument("--top", type=int, default=10, help="N: experts to switch off / on")
@@ -266,83 +188,98 @@ def build_parser() -> argparse.ArgumentParser:
                        help="workbench: Welch-t ranking, MoTE's off / random off / on; steermoe: risk-difference "
                             "ranking, set B's experts on and set A's off in one edit vs as many random experts")
     steer.add_argument("--activate", type=int, default=None,
-                       help="steermoe: set-B experts to switch on (at most k per layer; default 4)")
-    steer.add_argument("--out", required=True, help="folder for experts.csv, experiment.csv, ...")
-    steer.add_argument("--force", action="store_true",
-                     help="write into a non-empty folder the workbench did not make (default: refuse)")
+                       help="steermoe: set-B experts to switch on, at most k per layer (default: 4)")
+    steer.add_argument("--out", required=True,
+                       help="folder for experts.csv, experiment.csv, summary.csv, continuations.csv, settings.json")
+    _force(steer)
     steer.add_argument("--prompt-tokens", type=int, default=16, help="tokens per prompt (0 = whole text)")
     steer.add_argument("--seeds", type=int, default=3, help="random-expert controls")
     steer.add_argument("--mode", choices=["next_best", "empty"], default="next_best", help="switch-off semantics")
     steer.add_argument("--weight", type=float, default=None,
                        help="force experts on into a slot with this weight, no renormalisation (default: the "
                             "offset mechanism, weights from the family's own normalisation)")
-    steer.add_argument("--max-new-tokens", type=int, default=24)
-    steer.add_argument("--measure", choices=["count", "weight"], default="count")
-    steer.add_argument("--permutations", type=int, default=1000)
+    steer.add_argument("--max-new-tokens", type=int, default=24, help="tokens generated per prompt")
+    steer.add_argument("--measure", choices=["count", "weight"], default="count",
+                       help="what the ranking compares: top-k selections or routing weight")
+    steer.add_argument("--permutations", type=int, default=1000, help="permutations of the ranking's p-values")
     steer.add_argument("--figures", action="store_true", help="also write contrast.html and experiment.html")
-    steer.add_argument("--device", default=None)
-    steer.add_argument("--trust-remote-code", action="store_true")
-    steer.add_argument("--quiet", action="store_true")
+    _common(steer)
     steer.set_defaults(func=_cmd_steer)
-    con = sub.add_parser("contrast", help="greedy vs self-contrast (SCMoE) decoding: accuracy and ms/token")
-    con.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
-    con.add_argument("--tasks", required=True, help="JSONL, one {\"prompt\": ..., \"answer\": ...} a line")
+
+    con = _sub(sub, "contrast", "greedy vs self-contrast (SCMoE) decoding: accuracy and ms/token",
+               "Greedy vs self-contrast (SCMoE) decoding, run interleaved task by task: exact-match accuracy "
+               "and ms per new token (prompt pass included, after a warm-up decode, on --threads CPU threads).")
+    con.add_argument("--model", default="demo", help=MODEL_HELP)
+    con.add_argument("--tasks", default="demo",
+                     help="JSONL, one {\"prompt\": ..., \"answer\": ...} a line, or \"demo\": the demo's held-out sums")
     con.add_argument("--out", required=True, help="folder for outputs.jsonl and summary.csv")
-    con.add_argument("--force", action="store_true",
-                     help="write into a non-empty folder the workbench did not make (default: refuse)")
+    _force(con)
     con.add_argument("--beta", type=float, default=0.5, help="contrast strength")
     con.add_argument("--alpha", type=float, default=0.1, help="plausibility cut-off")
     con.add_argument("--weak", default="rank2", help="weak routing: rankN, top1, random, random:SEED")
-    con.add_argument("--max-new-tokens", type=int, default=64)
-    con.add_argument("--stop", action="append", default=[], help="stop string (repeatable; '\\n' = newline)")
-    con.add_argument("--sample", type=int, default=None, help="evaluate the first N tasks only")
+    con.add_argument("--max-new-tokens", type=int, default=None,
+                     help="most new tokens per answer (default: from the answers: one-line answers get their "
+                          f"longest length + 2, at least 6; worked solutions (\"#### N\") {LONG_TOKENS})")
+    con.add_argument("--stop", action="append", default=None,
+                     help="stop string, repeatable; '\\n' = newline (default: '\\n' for one-line answers, a blank "
+                          "line '\\n\\n' for worked solutions)")
+    con.add_argument("--no-stop", action="store_true", help="no stop string: only EOS and --max-new-tokens end")
+    con.add_argument("--sample", type=int, default=None, help="evaluate the first N tasks only (default: all)")
     con.add_argument("--no-bos", action="store_true", help="do not put the tokenizer's BOS before prompts")
     con.add_argument("--eos", choices=["stop", "ban"], default=None,
-                     help="at an end-of-sequence token: stop (default) or ban it (the SCMoE code)")
+                     help="at an end-of-sequence token: stop or ban it (the SCMoE code) (default: stop; ban "
+                          "under --preset scmoe)")
     con.add_argument("--preset", choices=["workbench", "scmoe"], default="workbench",
                      help="workbench (BOS first, stop at EOS) or scmoe: the reference code's definitions "
                           "(the tokenizer's own special tokens, EOS banned)")
-    con.add_argument("--device", default=None)
-    con.add_argument("--trust-remote-code", action="store_true")
-    con.add_argument("--quiet", action="store_true")
+    con.add_argument("--threads", type=int, default=1,
+                     help="CPU threads while timing; 0 = torch's default (all cores). One thread keeps ms/token "
+                          "stable on a shared machine, where several threads wait on each other "
+                          "(benchmarks/contrast.py uses 1)")
+    _common(con)
     con.set_defaults(func=_cmd_contrast)
-    emb = sub.add_parser("embed", help="MoEE text embeddings (rw, hs, concat, sum) into an .npy matrix")
-    emb.add_argument("--model", default="demo", help='"demo", a checkpoint folder, or a hub id')
-    emb.add_argument("--texts", required=True, help=".txt (one text a line) or .jsonl (text, label)")
-    emb.add_argument("--kind", choices=["rw", "hs", "concat", "sum"], default="sum")
-    emb.add_argument("--alpha", type=float, default=None, help="RW weight for sum (default 1)")
+
+    emb = _sub(sub, "embed", "MoEE text embeddings (rw, hs, concat, sum) into an .npy matrix",
+               _cmd_embed.__doc__)
+    emb.add_argument("--model", default="demo", help=MODEL_HELP)
+    emb.add_argument("--texts", required=True, help=TEXTS_HELP)
+    emb.add_argument("--kind", choices=["rw", "hs", "concat", "sum"], default="sum",
+                     help="routing weights, hidden states, both side by side, or their weighted sum")
+    emb.add_argument("--alpha", type=float, default=None, help="RW weight for sum (default: 1)")
     emb.add_argument("--out", required=True, help="output .npy, [N, D] float32 in input order")
-    emb.add_argument("--force", action="store_true", help="replace the file if it exists (default: refuse)")
+    _force(emb, "file")
     emb.add_argument("--reference", default=None,
                      help="texts to fit concat's standardisation on (default: the input texts)")
-    emb.add_argument("--embedder", default=None, help="a saved MoEEmbedder folder (overrides the options below)")
+    emb.add_argument("--embedder", default=None,
+                     help="a saved MoEEmbedder folder; overrides the options below (default: none)")
     emb.add_argument("--template", default="none", help='"none", "prompteol" or a custom "...{text}..."')
     emb.add_argument("--unit", choices=["probs", "logits", "weights"], default=None,
-                     help="RW unit (default probs; the preset's under --preset moee)")
+                     help="RW unit (default: probs; the preset's under --preset moee)")
     emb.add_argument("--preset", choices=["workbench", "moee"], default="workbench",
                      help="workbench (text as is, probs, standardisation fitted once) or moee: the reference "
                           "code's prompt rewriting, raw logits, z-scores per batch of 64 texts")
     emb.add_argument("--layers", default=None, help="comma-separated MoE layers for RW (default: all)")
-    emb.add_argument("--batch-size", type=int, default=8)
-    emb.add_argument("--max-length", type=int, default=None)
-    emb.add_argument("--device", default=None)
-    emb.add_argument("--trust-remote-code", action="store_true")
-    emb.add_argument("--quiet", action="store_true")
+    emb.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
+    emb.add_argument("--max-length", type=int, default=None, help="tokens kept per text (default: the model's context)")
+    _common(emb)
     emb.set_defaults(func=_cmd_embed)
-    pru = sub.add_parser("prune", help="drop experts (Lu et al.) and write a checkpoint plain transformers loads")
-    _calibration_args(pru)
+
+    pru = _sub(sub, "prune", "drop experts (Lu et al.) and write a checkpoint plain transformers loads")
+    _calibration_args(pru, "prune")
     how_many = pru.add_mutually_exclusive_group(required=True)
-    how_many.add_argument("--keep", type=int, help="R: experts kept per MoE layer")
-    how_many.add_argument("--share", type=float, help="fraction of experts pruned per layer")
-    pru.add_argument("--method", choices=["enumerate", "frequency", "random", "beam", "greedy"], default="enumerate")
+    how_many.add_argument("--keep", type=int, help="R: experts kept per MoE layer (this or --share is required)")
+    how_many.add_argument("--share", type=float, help="fraction of experts pruned per layer (or --keep)")
+    pru.add_argument("--method", choices=["enumerate", "frequency", "random", "beam", "greedy"], default="enumerate",
+                     help="how the kept experts are chosen")
     pru.add_argument("--progressive", action="store_true", help="re-collect inputs after earlier layers are pruned")
     pru.add_argument("--max-subsets", type=int, default=None,
-                     help="enumerate while a layer has at most this many drop sets, else beam search (20000)")
+                     help="enumerate while a layer has at most this many drop sets, else beam search (default: 20000)")
     pru.add_argument("--beam-width", type=int, default=1, help="beam width above the switch-over (1 = greedy)")
     pru.add_argument("--skip", action="store_true", help="also calibrate skipping thresholds on the pruned model")
     pru.set_defaults(func=_cmd_prune)
-    skp = sub.add_parser("skip", help="calibrate dynamic-skipping thresholds and write them with the checkpoint")
-    _calibration_args(skp)
+
+    skp = _sub(sub, "skip", "calibrate dynamic-skipping thresholds and write them with the checkpoint")
+    _calibration_args(skp, "skip")
     skp.add_argument("--scale", type=float, default=1.0, help="multiply every threshold (clipped to 1)")
     skp.set_defaults(func=_cmd_skip)
     _add_families(sub)
@@ -350,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_families(sub) -> None:
-    fam = sub.add_parser("families", help="check every MoE model type of the installed transformers (tiny models)")
+    fam = _sub(sub, "families", "check every MoE model type of the installed transformers (tiny models)")
     fam.add_argument("--types", nargs="*", default=None, help="only these model types (default: every MoE type)")
     fam.add_argument("--write", action="store_true",
                      help="publish the matrix: workbench/families/coverage.csv and docs/supported_models.md")
@@ -360,14 +297,14 @@ def _add_families(sub) -> None:
 
 
 #: How each command writes ``--out``: a folder, a file, or a store (which has rules of its own).
-OUT_KIND = {"demo": "folder", "steer": "folder", "contrast": "folder", "prune": "folder", "skip": "folder",
-            "analyse": "folder", "embed": "file", "sql": "file", "record": "store"}
+OUT_KIND = {"demo": "folder", "report": "folder", "steer": "folder", "contrast": "folder", "prune": "folder",
+            "skip": "folder", "analyse": "folder", "embed": "file", "sql": "file", "record": "store"}
 INPUTS = ("model", "texts", "a", "b", "tasks", "embedder", "reference", "traces")
 
 
 def claim_out(args) -> None:
     """Refuse an ``--out`` that is a foreign non-empty folder, an existing file, or one of the inputs."""
-    from workbench.outputs import claim_file, claim_folder, check_not_input
+    from workbench.outputs import check_not_input, claim_file, claim_folder
 
     out, kind = getattr(args, "out", None), OUT_KIND.get(args.command)
     if out is None or kind is None:
@@ -385,17 +322,49 @@ def claim_out(args) -> None:
         check_not_input(out, inputs)
 
 
+def user_errors() -> tuple[type, ...]:
+    """The exceptions that mean a wrong input or setting (printed as one line), not a bug."""
+    from workbench.export import ChromiumNotFoundError
+    from workbench.store.files import StoreBusyError
+
+    # ValueError covers the library's own (UnsupportedModelError, StoreError, TraceMismatchError, ...);
+    # OSError: missing or unreadable files and folders, hub errors; MemoryError: a refused materialisation.
+    return (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError, StoreBusyError,
+            ChromiumNotFoundError)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a KeyError's without the quotes repr adds)."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    return text or type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {one_line(message) if isinstance(message, BaseException) else message}",
+          file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        claim_out(args)
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each, without the source line
+            claim_out(args)
+            code = args.func(args)
         if code == 0 and OUT_KIND.get(args.command) == "folder" and getattr(args, "out", None):
             from workbench.outputs import mark_folder
             mark_folder(args.out, args.command)
         return code
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as err:
+        if args.traceback:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

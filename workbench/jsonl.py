@@ -20,6 +20,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+#: What a texts file is, for the messages about a wrong one.
+TEXTS_HINT = 'a .txt file (one text a line) or a .jsonl file (one {"text": ..., "label": ...} a line)'
+
+
+def check_file(path, what: str) -> Path:
+    """``path`` as a Path, when it is an existing file; else one line saying what is wrong and what to give.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        IsADirectoryError: a folder is there.
+
+    Example:
+        >>> check_file("./no/such.txt", "a .txt file")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ./no/such.txt does not exist; give a .txt file
+    """
+    shown = str(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{shown} is a folder; give {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{shown} does not exist; give {what}")
+    return path
+
+
 def read_jsonl(path, required: Sequence[str] = (), strings: Sequence[str] = (),
                what: str = "rows") -> list[dict]:
     """Every non-blank line of a JSONL file as a dict.
@@ -34,13 +60,12 @@ def read_jsonl(path, required: Sequence[str] = (), strings: Sequence[str] = (),
         The rows, in file order.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file does not exist (IsADirectoryError: it is a folder).
         ValueError: a line is not a JSON object, lacks a required field, or the file holds no rows;
             the message names the file and the line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    check_file(path, f"a JSONL file of {what}, one JSON object a line")
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -69,8 +94,7 @@ def read_texts(path) -> tuple[list[str], list | None]:
         ``(texts, labels)``; ``labels`` is None when no line has a label.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    check_file(path, TEXTS_HINT)
     if path.suffix == ".jsonl":
         rows = read_jsonl(path, required=("text",), strings=("text",), what="texts")
         labels = [row.get("label") for row in rows]

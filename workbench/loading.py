@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -267,7 +268,8 @@ def resolve_source(source: str | os.PathLike) -> tuple[str, str]:
 
     Raises:
         FileNotFoundError: for a missing demo checkpoint, a file, a folder without safetensors
-            weights, or a path that does not exist (one line saying what to fix).
+            weights, or a path that does not exist (one line saying what to fix): a source that is not
+            a local folder must be a hub id ``org/name`` whose ``org`` is not a local folder.
     """
     label = str(source)
     if not label.strip():
@@ -294,10 +296,22 @@ def resolve_source(source: str | os.PathLike) -> tuple[str, str]:
                     "(convert .bin weights with transformers' save_pretrained(safe_serialization=True)).")
             for weights in sorted(local.glob("*.safetensors")):
                 check_safetensors(weights)
-        elif _looks_local(label):
-            raise FileNotFoundError(f"no checkpoint folder at {label}: check the path (hub ids look like "
-                                    "'org/name')")
+        elif not _could_be_hub_id(label):
+            raise FileNotFoundError(f"no checkpoint folder at {label}; pass \"demo\", an existing folder, or a "
+                                    "hub id ('org/name')")
     return label, path
+
+
+_HUB_ID = re.compile(r"^[\w\-.]+/[\w\-.]{1,96}$")
+
+
+def _could_be_hub_id(source: str) -> bool:
+    """Whether a source that is not a local folder can be a hub id of an MoE checkpoint: ``org/name``
+    (every MoE checkpoint on the hub has an owner), not a path (``./x``, ``a/b/c``, ``x.json``), and
+    not inside a local folder that exists (``checkpoints/typo`` is a mistyped path)."""
+    if _looks_local(source) or not _HUB_ID.match(source) or "--" in source or ".." in source:
+        return False
+    return not Path(source.split("/")[0]).expanduser().is_dir()
 
 
 def load_config(label: str, path: str, trust_remote_code: bool = False):

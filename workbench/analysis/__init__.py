@@ -10,6 +10,7 @@
 :func:`layer_transitions`          expert at layer l -> expert at the next recorded layer
 :func:`expert_output_norms`        every expert's output norm vs the router's rank (runs lm)
 :func:`norm_rank_table`            the rank-vs-rank table of those norms
+:func:`expert_tokens`              the tokens routed to one expert, with their context
 =================================  ==========================================================
 
 Example:
@@ -39,10 +40,12 @@ from workbench.analysis.specialization import (
     vocab_specialization,
     vocab_summary,
 )
+from workbench.analysis.tokens import expert_tokens
 
 __all__ = [
     "MissingScoresError", "TraceCounts", "UNLABELLED", "as_counts", "coactivation", "coactivation_matrix", "expert_load",
-    "expert_norm_stats", "expert_output_norms", "label_specialization", "layer_transitions", "load_summary",
+    "expert_norm_stats", "expert_output_norms", "expert_tokens", "label_specialization", "layer_transitions",
+    "load_summary",
     "norm_rank_summary", "norm_rank_table", "pair_metrics", "router_entropy", "specialization_scores",
     "token_entropy", "vocab_specialization", "vocab_summary",
 ]
