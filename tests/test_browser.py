@@ -110,6 +110,11 @@ def jupyterlab(tmp_path_factory):
 EMPTY_PLOTS = """(() => [...document.querySelectorAll('.js-plotly-plot')].filter(el =>
   el.querySelectorAll('.heatmaplayer image, .barlayer path, .scatterlayer path').length === 0).length)()"""
 
+#: Title (or placeholder text) of every plot that drew no data, to say which one in a failure.
+EMPTY_TITLES = """(() => [...document.querySelectorAll('.js-plotly-plot')].filter(el =>
+  el.querySelectorAll('.heatmaplayer image, .barlayer path, .scatterlayer path').length === 0).map(el =>
+  (el.querySelector('.gtitle, .annotation-text') || {textContent: '(untitled)'}).textContent))()"""
+
 #: The notebook panel of ``path`` among JupyterLab's open documents (null until it is open).
 FIND_PANEL = """(path) => {
   const app = window.jupyterapp;
@@ -156,6 +161,25 @@ def rendered(page, sync_api) -> tuple[int, int, int]:
             page.locator(".jp-OutputArea-output:has-text('Traceback')").count())
 
 
+#: Widths of the plots that stick out of their output area (the user's JupyterLab had ~968 px).
+OVERFLOWING = """(() => [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')].filter(el => {
+  const area = el.closest('.jp-OutputArea-output').getBoundingClientRect();
+  const box = el.getBoundingClientRect();
+  return box.width > 0 && box.right > area.right + 2;
+}).map(el => Math.round(el.getBoundingClientRect().width)))()"""
+#: The output area the issue-18 user had: figures must fit it.
+OUTPUT_AREA_PX = 968
+
+
+def narrow_to_output_area(page, width: int = OUTPUT_AREA_PX) -> int:
+    """Resize the viewport until the notebook's output areas are ``width`` pixels wide; returns it."""
+    area = page.evaluate("() => document.querySelector('.jp-OutputArea-output').clientWidth")
+    viewport = page.viewport_size
+    page.set_viewport_size({"width": max(800, viewport["width"] - (area - width)), "height": viewport["height"]})
+    page.wait_for_timeout(1500)  # FigureWidgets relayout to the new width
+    return page.evaluate("() => document.querySelector('.jp-OutputArea-output').clientWidth")
+
+
 def close_notebook(page, path: str) -> None:
     """Shut the notebook's kernel down, so that the next test has the machine to itself."""
     page.evaluate("async (path) => { const p = (" + FIND_PANEL + ")(path);"
@@ -168,6 +192,8 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            console = []
+            page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
             path = open_notebook(page, jupyterlab, NOTEBOOK.name)
             page.locator(".jp-OutputArea-output", has_text="notebook finished").wait_for(timeout=300_000)
             empty, plots, tracebacks = rendered(page, sync_api)
@@ -186,13 +212,36 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
             page.locator(".jp-Notebook .jp-Cell").nth(8).scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "browser_01_routing_figures.png"))
+            # issue 18: "from token" is bounded by the document; the title keeps the label after a change
+            start = page.locator(".widget-inline-hbox", has_text="from token").locator("input").first
+            start.scroll_into_view_if_needed()
+            start.fill("99999")
+            start.press("Enter")
+            page.wait_for_timeout(1500)
+            clamped = int(start.input_value())
+            document = page.locator(".widget-inline-hbox", has_text="document").locator("select").first
+            options = document.locator("option").all_inner_texts()
+            document.select_option(index=min(1, len(options) - 1))
+            page.wait_for_timeout(1500)
+            token_title = page.locator(".js-plotly-plot .gtitle", has_text="Experts chosen per token").last.text_content()
+            empty_after, _, _ = rendered(page, sync_api)
+            area = narrow_to_output_area(page)
+            overflowing = page.evaluate(OVERFLOWING)
+            page.locator(".widget-select-multiple").first.evaluate("el => el.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / f"browser_01_routing_{area}px.png"))
             close_notebook(page, path)
         finally:
             browser.close()
     assert tracebacks == 0
-    assert empty == 0, f"{empty} of {plots} plots rendered no data (see the screenshots in {ARTIFACTS})"
+    assert empty == 0, (f"{empty} of {plots} plots rendered no data (see the screenshots in {ARTIFACTS}); "
+                        f"browser console errors: {console[-5:]}")
     assert plots >= 10, f"expected the notebook's figures and widget plots, found {plots} .js-plotly-plot"
     assert widgets >= 5, f"expected ipywidgets controls, found {widgets} .jupyter-widgets nodes"
+    assert clamped < 99999 and empty_after == 0, f"'from token' took {clamped} and left {empty_after} empty plots"
+    label = re.search(r"\[(.+?)\]", options[min(1, len(options) - 1)])
+    assert label is None or f"[{label.group(1)}]" in token_title, (options[:2], token_title)
+    assert not overflowing, f"plots {overflowing} px wide stick out of a {area} px output area"
 
 
 #: True once every code cell has run, or as soon as one raised (run-all stops there).
@@ -210,6 +259,9 @@ CLICKS = {"02_pruning_skipping.ipynb": ["Prune", "Calibrate β", "Evaluate"],
           "04_self_contrast.ipynb": ["Decode"]}
 #: Plotly figures each notebook must show at the end (the self-contrast panel is HTML, no plots).
 MIN_PLOTS = {"04_self_contrast.ipynb": 0}
+#: Notebooks whose panels start from the results computed above them: every plot has data before
+#: any click (02 joins once its notebook passes ``result=`` etc. to the pruning panel).
+PREFILLED = {"03_steering.ipynb"}
 #: Text each notebook's panel must show after the clicks.
 PANEL_TEXT = {"02_pruning_skipping.ipynb": "expert calls per token",
               "03_steering.ipynb": "random_off",
@@ -227,6 +279,7 @@ def test_notebook_widgets_render_in_jupyterlab(jupyterlab, name):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             path = open_notebook(page, jupyterlab, name)
             page.wait_for_function(ALL_CELLS_RAN, timeout=400_000)
+            empty_before = rendered(page, sync_api)[0] if name in PREFILLED else 0
             for label in CLICKS.get(name, []):
                 button = page.locator(".jupyter-widgets button", has_text=label).last
                 button.scroll_into_view_if_needed()
@@ -235,18 +288,24 @@ def test_notebook_widgets_render_in_jupyterlab(jupyterlab, name):
                 page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)})"
                                        ".sessionContext.session.kernel.status === 'idle'", timeout=300_000)
             empty, plots, tracebacks = rendered(page, sync_api)
+            empty_titles = page.evaluate(EMPTY_TITLES)
             buttons = page.locator(".jupyter-widgets button").count()
             panel_text = page.locator(".jupyter-widgets", has_text=PANEL_TEXT[name]).count() if name in PANEL_TEXT else 1
             panel_errors = page.locator(".jupyter-widgets span", has_text=re.compile(r"\w+(Error|Exception): ")).all_inner_texts()
             page.locator(".jupyter-widgets button").last.evaluate("el => el.scrollIntoView({block: 'end'})")
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / f"browser_{stem}_panel.png"))
+            area = narrow_to_output_area(page)
+            overflowing = page.evaluate(OVERFLOWING)
+            page.screenshot(path=str(ARTIFACTS / f"browser_{stem}_{area}px.png"), full_page=True)
             close_notebook(page, path)
         finally:
             browser.close()
     assert tracebacks == 0, f"{name}: a cell raised in JupyterLab (see {ARTIFACTS}/browser_{stem}_panel.png)"
     assert not panel_errors, f"{name}: the panel showed {panel_errors}"
-    assert empty == 0, f"{name}: {empty} of {plots} plots rendered no data"
+    assert empty == 0, f"{name}: {empty} of {plots} plots rendered no data: {empty_titles}"
     assert plots >= MIN_PLOTS.get(name, 1), f"{name}: expected plotly figures, found {plots}"
     assert panel_text, f"{name}: the panel does not show {PANEL_TEXT.get(name)!r} after {CLICKS.get(name)}"
     assert buttons >= 2, f"{name}: expected the panel's buttons (run, export), found {buttons}"
+    assert empty_before == 0, f"{name}: {empty_before} panel plots were empty before any click"
+    assert not overflowing, f"{name}: plots {overflowing} px wide stick out of a {area} px output area"

@@ -47,3 +47,16 @@ def test_panel_preset_follows_the_reference_definitions(tiny, tmp_path):
     assert panel.scmoe.token_ids == generate(lm, "12 + 34 =", max_new_tokens=5, preset="scmoe").token_ids
     assert panel.greedy.token_ids == generate_greedy(lm, "12 + 34 =", max_new_tokens=5, bos=False).token_ids
     assert lm.tokenizer.eos_token_id not in panel.scmoe.token_ids
+
+
+def test_panel_warms_up_before_timing(tiny, tmp_path):
+    lm = tiny("mixtral")
+    panel = ContrastPanel(lm, prompt="12 + 34 =", max_new_tokens=3, folder=tmp_path)
+    assert not panel._warm
+    panel.run()
+    assert panel._warm == {(None, panel.weak.value)}
+    panel.run()  # already warm: nothing more
+    assert len(panel._warm) == 1
+    panel.weak.value = "top1"
+    panel.run()
+    assert (None, "top1") in panel._warm and panel.greedy.seconds > 0 and panel.scmoe.seconds > 0

@@ -68,3 +68,41 @@ def test_panel_switches_to_the_lu2024_calibration(tiny, tmp_path):
     assert panel.calibrate().num_tokens == sum(len(u[2]) for u in panel.pruner.units)
     panel.preset.value = None
     assert panel.run().settings["units"] == default.settings["units"]
+
+
+def test_panel_starts_from_results_computed_in_the_notebook(tiny, tmp_path):
+    from workbench import pruning
+
+    lm = tiny("mixtral")
+    pruner = pruning.Pruner(lm, TEXTS, progress=False)
+    best = pruner.prune(keep=6, method="enumerate")
+    skipping = pruning.calibrate_skipping(lm, TEXTS, progress=False)
+    quality = pruning.compare({"original": lm, best.label: best.apply(lm)}, ROWS, max_tokens=32)
+    empty = PruningPanel(lm, TEXTS, ROWS, pruner=pruner, folder=tmp_path)
+    assert not empty.kept_fig.data and "press Prune" in empty.kept_fig.layout.annotations[0].text
+    panel = PruningPanel(lm, TEXTS, ROWS, pruner=pruner, folder=tmp_path, result=best, skipping=skipping,
+                         quality=quality)
+    assert panel.result is best and panel.keep.value == 6 and panel.method.value == "enumerate"
+    assert len(panel.kept_fig.data) == 1 and len(panel.loss_fig.data) == 3  # with the frequency and random baselines
+    assert [b.method for b in panel.baselines] == ["frequency", "random"] and "<table" in panel.table.value
+    assert panel.calibration is skipping and panel.skip_fig.data
+    assert panel.evaluation_table is quality and panel.ppl_fig.data and "expert calls per token" in panel.ppl_table.value
+    assert set(panel.export_items()) >= {"layers", "kept_map", "loss", "skipping", "perplexity"}
+    other = pruning.Pruner(tiny("qwen3_moe"), TEXTS, progress=False).prune(keep=6, method="frequency")
+    with pytest.raises(ValueError, match="another model"):
+        PruningPanel(lm, TEXTS, ROWS, pruner=pruner, folder=tmp_path, result=other)
+
+
+def test_evaluate_takes_a_sample_across_domains(tiny, tmp_path):
+    from workbench.widgets.pruning import sample_per_domain
+
+    rows = [{"text": f"{a} + {b} = {a + b}.", "label": "arith"} for a, b in zip(range(20), range(5, 25))]
+    rows += [{"text": f"def f{i}(x):\n    return x * {i}", "label": "code"} for i in range(3)]
+    assert [r["label"] for r in sample_per_domain(rows, 2)] == ["arith", "arith", "code", "code"]
+    panel = PruningPanel(tiny("mixtral"), TEXTS, rows, folder=tmp_path, max_tokens=32)
+    assert panel.domains() == {"arith": 20, "code": 3} and panel.eval_docs.value == 9
+    panel.eval_docs.value = 2
+    table = panel.evaluate()
+    assert set(table.domain) == {"arith", "code", "mean"}  # rows[:18] would have been arithmetic only
+    one = PruningPanel(tiny("mixtral"), TEXTS, rows[:18], folder=tmp_path)
+    assert "one domain" in one.eval_note.value

@@ -81,3 +81,52 @@ def test_steermoe_method_preselects_both_sides_and_runs_its_design(panel):
     exp = panel.run_experiment()
     assert exp.table.condition.tolist() == ["baseline", "switch", "random_switch"]
     assert exp.activated == on
+
+
+def test_panel_starts_from_a_computed_contrast_and_experiment(tiny, tmp_path):
+    from workbench import steering
+
+    lm = tiny("qwen3_moe")
+    empty = SteeringPanel(lm, SETS, max_new_tokens=3, permutations=50, folder=str(tmp_path))
+    assert not empty.heatmap.data and "press Rank experts" in empty.heatmap.layout.annotations[0].text
+    contrast = steering.find_experts(lm, SETS, a="de", b="en", permutations=50)
+    top = contrast.top(2)
+    experiment = steering.run_experiment(lm, SETS["de"], top, steering.set_behaviour(SETS["de"], SETS["en"]),
+                                         seeds=[0], max_new_tokens=2, progress=False)
+    panel = SteeringPanel(lm, SETS, max_new_tokens=3, permutations=50, folder=str(tmp_path), contrast=contrast,
+                          experiment=experiment)
+    assert panel.contrast is contrast and (panel.set_a.value, panel.set_b.value) == ("de", "en")
+    assert panel.heatmap.data and len(panel.heatmap.data[0].z) == len(contrast.layers)
+    assert not panel.heatmap.layout.annotations and "<table" in panel.table.value
+    assert panel.top_n.value == min(10, panel.top_n.max)
+    assert len(panel.heatmap.layout.shapes) == len(panel.selected) == len(contrast.top(panel.top_n.value)) > 0
+    assert len(panel.experiment_fig.data[0].y) == len(experiment.table) and "top_off" in panel.summary.value
+
+
+def test_top_n_slider_moves_the_outline(panel):
+    panel.set_b.value = "en"
+    contrast = panel.rank()
+    pos = {layer: i for i, layer in enumerate(contrast.layers)}
+
+    def outlined():
+        return sorted((s.y0 + 0.5, s.x0 + 0.5) for s in panel.heatmap.layout.shapes)
+
+    for n in (3, 1, 5):
+        panel.top_n.value = n
+        assert outlined() == sorted((pos[l], e) for l, e in contrast.top(n))
+    panel.experts.value = ()  # editing the selection moves the outline as well
+    assert outlined() == []
+    panel.preset.value = "steermoe"
+    panel.top_n.value = 2
+    panel.activate_n.value = 2
+    dashed = [s for s in panel.heatmap.layout.shapes if s.line.dash == "dash"]
+    assert len(dashed) == len(panel.activated) and len(panel.heatmap.layout.shapes) == 2 + len(dashed)
+
+
+def test_a_contrast_of_other_sets_is_refused(tiny, tmp_path):
+    from workbench import steering
+
+    lm = tiny("qwen3_moe")
+    contrast = steering.find_experts(lm, {"x": SETS["de"], "y": SETS["en"]}, a="x", b="y", permutations=20)
+    with pytest.raises(ValueError, match="not one of the panel's sets"):
+        SteeringPanel(lm, SETS, contrast=contrast, folder=str(tmp_path))

@@ -64,7 +64,35 @@ def trace():
     return synthetic_trace()
 
 
+def long_trace(num_tokens: int = 64, num_experts: int = 16, seed: int = 1) -> wb.RoutingTrace:
+    """One labelled document of ``num_tokens`` tokens, 2 layers, ``E`` experts, k = 2; its first
+    tokens are "¿" split into two byte-level pieces, then "Hola" (bytes kept in ``meta``)."""
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.permutation(num_experts)[:2] for _ in range(2 * num_tokens)]).reshape(2, num_tokens, 2)
+    ids = 10 + (np.arange(num_tokens) % 20)
+    ids[:3] = [1, 2, 3]
+    text = {int(t): f"w{int(t)}" for t in ids}
+    text.update({1: "\ufffd", 2: "\ufffd", 3: "Hola"})
+    return wb.RoutingTrace(topk_idx=idx, topk_w=np.full(idx.shape, 0.5), token_ids=ids, doc=np.zeros(num_tokens),
+                           pos=np.arange(num_tokens), layers=[0, 1], num_experts=num_experts, fingerprint="long",
+                           token_text=text, doc_labels=["spanish"],
+                           meta={"top_k": 2, "token_bytes": {"1": "c2", "2": "bf"}})
+
+
+def projection_table(num_labels: int = 9, kinds=("hs", "rw", "concat", "sum")) -> pd.DataFrame:
+    """Two points per label and kind, fixed coordinates (the projection figure's input)."""
+    rows = []
+    for kind in kinds:
+        for n in range(num_labels):
+            for j in range(2):
+                rows.append({"kind": kind, "index": 2 * n + j, "x": float(n), "y": float(j), "label": f"domain{n}",
+                             "text": f"text {n}.{j}"})
+    return pd.DataFrame(rows)
+
+
 def all_figures(trace) -> dict[str, go.Figure]:
+    from workbench.embeddings.explore import projection_figure
+
     counts = A.TraceCounts(trace)
     vocab = A.vocab_specialization(trace)
     norms = synthetic_norms()
@@ -78,6 +106,8 @@ def all_figures(trace) -> dict[str, go.Figure]:
         "specialization_plot": views.specialization_plot(A.specialization_scores(counts), A.vocab_summary(vocab, 1)),
         "vocab_bar": views.vocab_bar(vocab, layer=3, n=8),
         "norm_rank_heatmap": views.norm_rank_heatmap(A.norm_rank_table(norms)),
+        "token_heatmap_long": views.token_heatmap(long_trace(), doc=0, max_tokens=64),
+        "projection_figure": projection_figure(projection_table()),
     }
 
 
@@ -169,3 +199,107 @@ def test_specialization_heatmap_has_one_panel_per_layer(trace):
     spec = A.label_specialization(trace)
     expected = spec[spec.layer == 2].pivot(index="label", columns="expert", values="share")
     np.testing.assert_allclose(single.data[0].z, expected.to_numpy())
+
+
+# -- palettes, sizes, token labels (issue 18) ------------------------------------------------
+def test_palettes_have_one_colour_per_category_and_okabe_ito_first():
+    from workbench.views._style import MAX_CATEGORIES, PALETTE, palette
+
+    assert palette(8) == PALETTE and palette(3) == PALETTE[:3]
+    for n in range(1, MAX_CATEGORIES + 1):
+        assert len(palette(n)) == n and len(set(palette(n))) == n, n
+    assert len(palette(40)) == 40 and len(set(palette(40))) == MAX_CATEGORIES
+
+
+def test_projection_colours_every_label_apart_and_fits_the_output_area():
+    from workbench.embeddings.explore import projection_figure
+    from workbench.views._style import MAX_WIDTH
+
+    fig = projection_figure(projection_table(9))
+    colours = {t.name: t.marker.color for t in fig.data}
+    assert len(colours) == 9 and len(set(colours.values())) == 9  # code and arithmetic no longer share a blue
+    assert all(t.marker.color == colours[t.name] for t in fig.data)  # a label keeps its colour in every panel
+    assert fig.layout.width <= MAX_WIDTH and fig.layout.legend.orientation == "h"
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 4 and fig.layout.xaxis4.domain[1] <= 1.0  # 2 x 2: the 4th panel is in the figure
+    assert projection_figure(projection_table(3, kinds=("hs", "rw"))).layout.width <= MAX_WIDTH
+
+
+def test_every_figure_fits_the_output_area(trace):
+    from workbench.views._style import MAX_WIDTH
+
+    for name, fig in all_figures(trace).items():
+        assert fig.layout.width is None or fig.layout.width <= MAX_WIDTH, name
+    spec = A.label_specialization(trace)
+    spec6 = pd.concat([spec.assign(layer=spec.layer + 10 * i) for i in range(2)])
+    fig = views.specialization_heatmap(spec6)  # 6 layers: two rows of three panels
+    assert fig.layout.width <= MAX_WIDTH and len(fig.data) == 6 and fig.layout.yaxis4.domain[1] < 0.5
+
+
+def test_token_heatmap_is_categorical_labels_every_token_and_scrolls():
+    from workbench.views._style import MAX_WIDTH, palette
+
+    trace = long_trace(num_tokens=64, num_experts=16)
+    fig = views.token_heatmap(trace, doc=0, max_tokens=64)
+    hm = fig.data[0]
+    assert (hm.zmin, hm.zmax) == (-0.5, 15.5)
+    bands = [c for _, c in hm.colorscale]
+    assert bands[::2] == palette(16) and bands[1::2] == palette(16)  # flat bands, one colour per expert
+    ticks = list(hm.colorbar.tickvals)  # as many ids as have room beside two layers, evenly spaced
+    assert ticks[0] == 0 and set(np.diff(ticks)) == {ticks[1]} and len(ticks) >= 5
+    assert hm.texttemplate == "%{z}"  # the numbers the caption promises, at 64 tokens too
+    assert len(fig.layout.xaxis.ticktext) == 64 and list(fig.layout.xaxis.tickvals) == list(range(64))
+    assert fig.layout.xaxis.rangeslider.visible and list(fig.layout.xaxis.range) == [-0.5, 47.5]
+    assert fig.layout.width <= MAX_WIDTH
+    assert "[spanish]" in fig.layout.title.text
+    short = views.token_heatmap(trace, doc=0, max_tokens=20)
+    assert not short.layout.xaxis.rangeslider.visible and "tokens 0–19 of 64" in short.layout.title.text
+    with pytest.raises(ValueError, match="past its end"):
+        views.token_heatmap(trace, doc=0, start=64)
+
+
+def test_token_heatmap_with_more_experts_than_colours_hides_the_colour_bar():
+    trace = long_trace(num_tokens=10, num_experts=40)
+    fig = views.token_heatmap(trace)
+    assert fig.data[0].showscale is False and fig.data[0].texttemplate == "%{z}"
+
+
+def test_token_text_is_decoded_on_character_boundaries():
+    trace = long_trace()
+    assert trace.text_of([0, 1, 2]) == "¿Hola" and trace.token_labels([0, 1, 2]) == ["¿…", "…¿", "Hola"]
+    assert trace.token_string(1) == "‹c2›" and trace.token_string(3) == "Hola"
+    fig = views.token_heatmap(trace, max_tokens=5)
+    assert list(fig.layout.xaxis.ticktext[:3]) == ["¿…", "…¿", "Hola"]
+    assert "�" not in "".join(fig.layout.xaxis.ticktext)
+    # a trace without the bytes (recorded before) keeps its text as it was
+    plain = wb.RoutingTrace(**{**trace.__dict__, "meta": {"top_k": 2}})
+    assert plain.text_of([0, 1, 2]) == "\ufffd\ufffdHola"
+    # traces combine their bytes
+    both = wb.RoutingTrace.concat([trace, trace])
+    assert both.text_of(np.flatnonzero(both.doc == 1)[:3]) == "¿Hola"
+
+
+def test_partial_token_bytes_of_a_byte_level_tokenizer():
+    from workbench.testing import tiny_tokenizer
+    from workbench.trace import char_spans, partial_token_bytes
+
+    tok = tiny_tokenizer()
+    text = "¿Hola? 日本, niño"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert "\ufffd" in "".join(tok.decode([i]) for i in ids)  # decoded one by one: mojibake
+    raw = {int(k): bytes.fromhex(v) for k, v in partial_token_bytes(tok, ids).items()}
+    pieces = [raw.get(i, tok.decode([i]).encode()) for i in ids]
+    assert "".join(c for c, _, _ in char_spans(pieces)) == text
+
+
+def test_report_caption_matches_the_token_figure():
+    from workbench.views.report_sections import build_sections
+
+    trace = synthetic_trace()
+    section = build_sections(trace, {"expert_load": A.expert_load(trace), "load_summary": pd.DataFrame(),
+                                     "label_specialization": A.label_specialization(trace),
+                                     "specialization_scores": A.specialization_scores(trace),
+                                     "vocab_specialization": A.vocab_specialization(trace),
+                                     "coactivation": A.coactivation(trace)}, max_tokens=64)["tokens_doc0"]
+    assert "number in each cell" in section.text and section.figure.data[0].texttemplate == "%{z}"
+    assert "drag the slider" in section.text and len(section.figure.layout.xaxis.ticktext) == 10

@@ -148,3 +148,59 @@ def test_widgets_on_a_recorded_tiny_model():
     card = ExpertCard(trace, layer=1, expert=int(trace.topk_idx[1, 0, 0]), norms=norms)
     assert isinstance(card.export_items()[f"layer1_e{card.expert.value}_card"], go.Figure)
     assert card.top_tokens().routed.sum() > 0
+
+
+# -- issue 18: range-limited controls, titles on every change, whole characters -------------
+def uneven_trace() -> wb.RoutingTrace:
+    """Two labelled documents of 12 and 5 tokens (2 layers, E = 4, k = 1)."""
+    rng = np.random.default_rng(3)
+    doc = np.array([0] * 12 + [1] * 5)
+    pos = np.concatenate([np.arange(12), np.arange(5)])
+    idx = rng.integers(0, 4, size=(2, 17, 1))
+    return wb.RoutingTrace(topk_idx=idx, topk_w=np.ones(idx.shape), token_ids=np.arange(17) + 5, doc=doc, pos=pos,
+                           layers=[0, 1], num_experts=4, fingerprint="uneven",
+                           token_text={i + 5: f"t{i}" for i in range(17)}, doc_labels=["english", "spanish"])
+
+
+def test_explorer_from_token_is_bounded_by_the_document_and_titles_keep_the_label():
+    ex = RoutingExplorer(uneven_trace(), max_tokens=4)
+    assert (ex.start.min, ex.start.max, ex.start.step) == (0, 11, 4)
+    assert "[english]" in ex.token_fig.layout.title.text
+    ex.start.value = 99  # past the end: the control clamps it to the last position
+    assert ex.start.value == 11 and list(ex.token_fig.data[0].x) == [11]
+    ex.doc.value = 1
+    assert ex.start.max == 4 and ex.start.value == 0
+    title = ex.token_fig.layout.title.text
+    assert "document 1 [spanish]" in title and "tokens 0–3 of 5" in title
+    assert "of 5" in ex.window.value
+    ex.start.value = 50
+    assert ex.start.value == 4 and list(ex.token_fig.data[0].x) == [4]
+    ex.rank.value = 0
+    ex.layers.value = (1,)
+    assert "[spanish]" in ex.token_fig.layout.title.text
+
+
+def test_explorer_decodes_whole_characters_in_labels_ticks_and_context():
+    from workbench.trace import partial_token_bytes
+
+    lm = wb.wrap(*tiny_model("qwen3_moe"))
+    texts = ["-Scully, ¿Hola? niño 日本", "plain text"]
+    trace = wb.record(lm, texts, labels=["spanish", "en"], progress=False, add_special_tokens=False)
+    if not trace.meta.get("token_bytes"):  # until wb.record stores them itself
+        trace.meta["token_bytes"] = partial_token_bytes(lm.tokenizer, trace.token_ids)
+    assert trace.meta["token_bytes"]
+    ex = RoutingExplorer(trace)
+    label = ex.doc.options[0][0]
+    assert label.startswith("0 [spanish]: -Scully, ¿H") and "\ufffd" not in label
+    ticks = "".join(ex.token_fig.layout.xaxis.ticktext)
+    assert "\ufffd" not in ticks and "¿" in ticks and "日" in ticks
+    first = int(np.flatnonzero(trace.doc == 0)[0])
+    ex.show_cell(trace.layers[0], int(trace.topk_idx[0, first + 3, 0]))
+    assert "\ufffd" not in ex.context.value
+    assert trace.text_of(np.flatnonzero(trace.doc == 0)) == texts[0]
+
+
+def test_record_keeps_the_bytes_of_partial_tokens():
+    lm = wb.wrap(*tiny_model("mixtral"))
+    trace = wb.record(lm, ["¿Hola?"], progress=False, add_special_tokens=False)
+    assert trace.text_of(np.arange(trace.num_tokens)) == "¿Hola?"

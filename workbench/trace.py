@@ -27,6 +27,9 @@ import pandas as pd
 import torch
 from safetensors.numpy import load_file, save_file
 
+from workbench.token_bytes import partial_token_bytes  # noqa: F401 (part of this module's API)
+from workbench.token_bytes import _bytes_string, _raw_bytes, char_spans, token_labels
+
 SCHEMA_VERSION = 1
 TRACE_FILE = "trace.safetensors"
 META_FILE = "trace.json"
@@ -49,6 +52,40 @@ class TraceMethods:
     def tokens(self) -> list[str]:
         """The text of every recorded token, in order."""
         return [self.token_text.get(int(t), f"<{int(t)}>") for t in self.token_ids]
+
+    # -- token text on character boundaries ----------------------------------------------
+    def _pieces(self, tokens) -> list[bytes]:
+        """The bytes of the tokens at trace indices ``tokens`` (raw bytes where a token is part of a
+        character, see :func:`partial_token_bytes`; else its text in UTF-8)."""
+        raw = _raw_bytes(self.meta)
+        text = self.token_text
+        ids = self.token_ids[np.asarray(tokens, dtype=np.int64)] if len(np.atleast_1d(tokens)) else []
+        return [raw[t] if t in raw else text.get(t, f"<{t}>").encode("utf-8")
+                for t in (int(x) for x in np.atleast_1d(ids))]
+
+    def char_spans(self, tokens) -> list[tuple[str, int, int]]:
+        """``(character, first, last)`` for the text of the tokens at trace indices ``tokens``:
+        ``first``/``last`` index ``tokens`` (a character split across tokens spans several)."""
+        return char_spans(self._pieces(tokens))
+
+    def text_of(self, tokens) -> str:
+        """The text of the tokens at trace indices ``tokens``, decoded as one byte string, so that a
+        character split across tokens (byte-level BPE) comes out whole."""
+        return "".join(c for c, _, _ in self.char_spans(tokens))
+
+    def token_labels(self, tokens) -> list[str]:
+        """One display string per token of ``tokens`` (trace indices, in text order), on character
+        boundaries: a character whose bytes several tokens share is shown on each of them, with
+        ``…`` on the side where it continues (``"¿…"``, ``"…¿"``)."""
+        return token_labels(self._pieces(tokens))
+
+    def token_string(self, token_id: int) -> str:
+        """The text of one token id alone: its decoded text, or, for a token that is only part of a
+        character, the whole characters it holds and ``‹hex›`` for the partial bytes (``"‹c2›"``)."""
+        raw = _raw_bytes(self.meta).get(int(token_id))
+        if raw is None:
+            return self.token_text.get(int(token_id), f"<{int(token_id)}>")
+        return _bytes_string(raw)
 
     def labels(self) -> np.ndarray:
         """``[T]`` the document label of every token (object array, None when unlabelled)."""
@@ -217,9 +254,10 @@ class RoutingTrace(TraceMethods):
                 raise ValueError("cannot combine traces with and without router scores")
         k = max(t.k for t in traces)
         offsets = np.cumsum([0] + [t.num_docs for t in traces[:-1]])
-        text, labels = {}, []
+        text, labels, raw = {}, [], {}
         for t in traces:
             text.update(t.token_text)
+            raw.update(t.meta.get("token_bytes") or {})
             labels.extend(t.doc_labels if t.doc_labels else [None] * t.num_docs)
         return RoutingTrace(
             topk_idx=np.concatenate([_pad_k(t.topk_idx, k, -1) for t in traces], axis=1),
@@ -230,7 +268,7 @@ class RoutingTrace(TraceMethods):
             num_experts=first.num_experts, fingerprint=first.fingerprint, token_text=text,
             doc_labels=labels,
             scores=None if first.scores is None else np.concatenate([t.scores for t in traces], axis=1),
-            meta=dict(first.meta))
+            meta=dict(first.meta, **({"token_bytes": raw} if raw else {})))
 
     # -- persistence (no pickle) ---------------------------------------------------------
     def save(self, path, overwrite: bool = False) -> Path:

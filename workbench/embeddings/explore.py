@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.embeddings.similarity import l2_normalize
-from workbench.views._style import PALETTE, escape_token, style
+from workbench.views._style import MAX_WIDTH, SEQUENTIAL, escape_token, palette, style
 
 TITLES = {"hs": "HS (final hidden state)", "rw": "RW (routing weights)", "concat": "MoEE concat",
           "sum": "MoEE sum"}
@@ -74,24 +74,39 @@ def projections(embedder, parts, texts, labels=None, kinds=None, alpha: float | 
 
 
 def projection_figure(table: pd.DataFrame, title: str = "2D projections (PCA) by embedding kind") -> go.Figure:
-    """Scatter plots side by side, one per kind, coloured by label (one trace per kind × label)."""
+    """Scatter plots, one per kind, coloured by label (one trace per kind × label).
+
+    One colour per label from :func:`~workbench.views._style.palette` (colour-blind safe, as many
+    colours as labels up to 23; beyond, colours repeat and the hover names the label). Up to three
+    kinds sit side by side, four in a 2 × 2 grid; the legend is under the panels, so the figure
+    stays within :data:`~workbench.views._style.MAX_WIDTH` pixels.
+    """
     kinds = list(dict.fromkeys(table.kind))
     labels = list(dict.fromkeys(table.label))
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[TITLES.get(k, k) for k in kinds],
-                        horizontal_spacing=0.04)
-    for col, kind in enumerate(kinds, 1):
+    colours = palette(len(labels))
+    cols = len(kinds) if len(kinds) <= 3 else 2
+    rows = -(-len(kinds) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[TITLES.get(k, k) for k in kinds],
+                        horizontal_spacing=0.04, vertical_spacing=0.1 if rows > 1 else 0.0)
+    for i, kind in enumerate(kinds):
+        row, col = i // cols + 1, i % cols + 1
         part = table[table.kind == kind]
         for n, label in enumerate(labels):
-            rows = part[part.label == label]
+            rows_ = part[part.label == label]
             fig.add_trace(go.Scatter(
-                x=rows.x.to_numpy(), y=rows.y.to_numpy(), mode="markers", name=escape_token(label or "texts"),
-                legendgroup=str(label), showlegend=col == 1, marker=dict(color=PALETTE[n % len(PALETTE)], size=7),
-                text=[escape_token(_short(t)) for t in rows.text],
+                x=rows_.x.to_numpy(), y=rows_.y.to_numpy(), mode="markers", name=escape_token(label or "texts"),
+                legendgroup=str(label), showlegend=i == 0, marker=dict(color=colours[n], size=7),
+                text=[escape_token(_short(t)) for t in rows_.text],
                 hovertemplate="%{text}<extra>%{fullData.name}</extra>",
-            ), row=1, col=col)
-    fig.update_xaxes(showticklabels=False)
+            ), row=row, col=col)
+    fig.update_xaxes(showticklabels=False, title=dict(text="PC 1", standoff=4, font=dict(size=11)))
     fig.update_yaxes(showticklabels=False)
-    return style(fig, title, height=380, width=max(420, 330 * len(kinds)))
+    fig.update_yaxes(title=dict(text="PC 2", standoff=4, font=dict(size=11)), col=1)
+    panel = min(300, (MAX_WIDTH - 60) // cols)
+    style(fig, title, height=110 + rows * (panel + 20) + 24 * (1 + len(labels) // 6), width=60 + cols * panel)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.04, xanchor="left", x=0),
+                      margin=dict(l=30, r=30, t=70, b=20))
+    return fig
 
 
 def similarity(embedder, parts, kind: str = "sum", alpha: float | None = None) -> np.ndarray:
@@ -105,7 +120,7 @@ def heatmap_figure(sim, texts, labels=None, title: str = "similarity") -> go.Fig
     labels = ["" for _ in texts] if labels is None else [str(x) for x in labels]
     order = sorted(range(len(texts)), key=lambda i: (labels[i], i))
     names = [escape_token(f"{i}: {labels[i]} {_short(texts[i], 30)}".strip()) for i in order]
-    fig = go.Figure(go.Heatmap(z=sim[np.ix_(order, order)], x=names, y=names, colorscale="Viridis",
+    fig = go.Figure(go.Heatmap(z=sim[np.ix_(order, order)], x=names, y=names, colorscale=SEQUENTIAL,
                                hovertemplate="%{y}<br>%{x}<br>similarity %{z:.3f}<extra></extra>"))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")

@@ -50,7 +50,7 @@ import torch
 
 from workbench.probes import seams
 from workbench.probes.hooks import ProbeManager
-from workbench.trace import RoutingTrace
+from workbench.trace import RoutingTrace, partial_token_bytes
 
 _CACHE = weakref.WeakKeyDictionary()  # MoEModel -> its nnsight model
 
@@ -150,6 +150,8 @@ class NNsightRouting:
         text = {} if lm.tokenizer is None else {int(t): lm.tokenizer.decode([int(t)]) for t in np.unique(token_ids)}
         meta = {"model": lm.name, "adapter": lm.adapter.name, "top_k": lm.top_k, "source": "nnsight",
                 "edits": [repr(s) for s in self.specs]}
+        if lm.tokenizer is not None:
+            meta["token_bytes"] = partial_token_bytes(lm.tokenizer, token_ids)
         return RoutingTrace(topk_idx, topk_w, token_ids, doc, pos, self.layers, lm.num_experts, lm.fingerprint,
                             token_text=text, doc_labels=list(labels) if labels is not None else [None] * len(ids),
                             meta=meta)

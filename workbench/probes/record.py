@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.probes.seams import in_rank_order
 from workbench.store.layout import label_json
-from workbench.trace import RoutingTrace
+from workbench.trace import RoutingTrace, partial_token_bytes
 
 
 class _Collector:
@@ -166,6 +166,7 @@ def record(lm, texts, labels=None, *, batch_size: int = 8, max_length: int | Non
         units = _with_continuations(lm, units, max_new_tokens, max_length, batch_size, pad_id, progress)
         meta["max_new_tokens"] = max_new_tokens
         meta["prompt_tokens"] = [len(u[2]) - max_new_tokens for u in units]
+    meta["token_bytes"] = partial_token_bytes(lm.tokenizer, np.concatenate([np.asarray(u[2]) for u in units]))
     if out is not None:
         return _record_to_store(lm, Path(out), units, labels, layers, key, meta, scores, batch_size, collector,
                                 pad_id, progress)

@@ -27,8 +27,22 @@ DIVERGING = "PuOr_r"
 VALUES = {"effect": "Cohen's d", "t": "Welch's t", "diff": "mean difference"}
 
 
+def outline_shapes(layers, marked=(), activated=()) -> list[dict]:
+    """Rectangles around ``(layer, expert)`` cells of a contrast heatmap with rows ``layers``:
+    solid black for ``marked`` (the experts steered off), dashed for ``activated`` (switched on)."""
+    pos = {int(layer): i for i, layer in enumerate(layers)}
+    shapes = []
+    for pairs, dash in ((marked, "solid"), (activated, "dash")):
+        for layer, expert in pairs or ():
+            if int(layer) in pos:
+                y = pos[int(layer)]
+                shapes.append(dict(type="rect", x0=expert - 0.5, x1=expert + 0.5, y0=y - 0.5, y1=y + 0.5,
+                                   line=dict(color="black", width=2, dash=dash)))
+    return shapes
+
+
 def contrast_heatmap(contrast, value: str = "effect", title: str | None = None,
-                     mark_top: int = 10) -> go.Figure:
+                     mark_top: int = 10, marked=None, activated=None) -> go.Figure:
     """Layer × expert heatmap of an :class:`~workbench.steering.contrast.ExpertContrast`.
 
     Args:
@@ -36,6 +50,8 @@ def contrast_heatmap(contrast, value: str = "effect", title: str | None = None,
         value: ``"effect"`` (Cohen's d), ``"t"`` or ``"diff"``.
         title: figure title.
         mark_top: outline the ``mark_top`` best-ranked experts (0 = none).
+        marked: outline these ``(layer, expert)`` pairs instead (e.g. a panel's selection).
+        activated: pairs switched on (SteerMoE), outlined dashed.
 
     Returns:
         A heatmap with ``z`` of shape ``[L, E]``; infinite values (no spread in either set) are
@@ -62,14 +78,14 @@ def contrast_heatmap(contrast, value: str = "effect", title: str | None = None,
         hovertemplate=("layer %{y}, expert %{x}<br>d = %{customdata[0]:.2f}, t = %{customdata[1]:.2f}"
                        "<br>p = %{customdata[2]:.3g}, q = %{customdata[3]:.3g}<extra></extra>"))
     fig = go.Figure(heat)
-    for layer, expert in contrast.top(mark_top) if mark_top else []:
-        y = pos[layer]
-        fig.add_shape(type="rect", x0=expert - 0.5, x1=expert + 0.5, y0=y - 0.5, y1=y + 0.5,
-                      line=dict(color="black", width=2))
+    if marked is None:
+        marked = contrast.top(mark_top) if mark_top else []
+    fig.update_layout(shapes=outline_shapes(layers, marked, activated))
     style(fig, title or f"Experts {a} activates more (orange) or less (purple) than {b}",
           x="expert", y="layer", height=max(260, 60 * len(layers) + 140), width=max(520, 26 * num_experts + 200))
     fig.update_yaxes(type="category", autorange="reversed")
-    fig.update_xaxes(tickmode="array", tickvals=list(range(num_experts)))
+    step = max(1, -(-num_experts // 32))  # every expert up to 32, else every n-th (the figure is at most 940 px)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(0, num_experts, step)))
     return fig
 
 

@@ -13,7 +13,10 @@
 ====================================  ===================================================
 
 Colour scales are viridis (counts, shares) and cividis (ratios), both readable with colour-vision
-deficiency; token text is HTML-escaped wherever it appears.
+deficiency; categories (expert ids, labels) get one colour each from :func:`palette` (Okabe-Ito up to
+8, then Paul Tol's schemes up to 23). Figures are at most :data:`MAX_WIDTH` (940) pixels wide, to fit
+JupyterLab's output area and the report column. Token text is decoded on character boundaries and
+HTML-escaped wherever it appears.
 
 Example:
     >>> import workbench as wb
@@ -25,7 +28,7 @@ Example:
     False
 """
 
-from workbench.views._style import escape_token
+from workbench.views._style import MAX_WIDTH, escape_token, palette
 from workbench.views.experts import (
     coactivation_heatmap,
     load_heatmap,
@@ -37,7 +40,7 @@ from workbench.views.layers import entropy_plot, norm_rank_heatmap, specializati
 from workbench.views.tokens import token_heatmap, token_heatmap_data
 
 __all__ = [
-    "coactivation_heatmap", "entropy_plot", "escape_token", "load_heatmap", "matrix_heatmap",
+    "MAX_WIDTH", "coactivation_heatmap", "entropy_plot", "escape_token", "load_heatmap", "matrix_heatmap", "palette",
     "norm_rank_heatmap", "specialization_heatmap", "specialization_plot", "token_heatmap",
     "token_heatmap_data", "transitions_heatmap", "vocab_bar",
 ]

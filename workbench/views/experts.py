@@ -31,6 +31,8 @@ LOAD_METRICS = {
 }
 SPEC_METRICS = {"ratio": "share / uniform k/E", "share": "share of the label's tokens",
                 "lift": "share / expert's corpus share", "tokens": "tokens"}
+#: Panels per row of :func:`specialization_heatmap` (more layers wrap onto further rows).
+PANELS_PER_ROW = 3
 PAIR_METRICS = {"lift": "lift P(a,b)/(P(a)P(b))", "p_b_given_a": "P(b | a)", "count": "tokens"}
 
 
@@ -98,23 +100,29 @@ def specialization_heatmap(spec, layer=None, metric: str = "ratio", title: str |
     if missing:
         raise ValueError(f"layers {missing} are not in the table; layers: {sorted(frame.layer.unique())}")
     zmax = float(frame[frame.layer.isin(layers)][metric].max()) or 1.0
-    fig = make_subplots(rows=1, cols=len(layers), shared_yaxes=True, horizontal_spacing=0.02,
+    cols = min(len(layers), PANELS_PER_ROW)
+    rows = -(-len(layers) // cols)
+    fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.02,
+                        vertical_spacing=min(0.3, 0.5 / rows) if rows > 1 else 0.0,
                         subplot_titles=[f"layer {x}" for x in layers])
-    for col, lay in enumerate(layers, start=1):
+    for i, lay in enumerate(layers):
+        row, col = i // cols + 1, i % cols + 1
         z = frame[frame.layer == lay].pivot(index="label", columns="expert", values=metric)
         fig.add_trace(matrix_heatmap(
             z.to_numpy(), z.columns.tolist(), [escape_token(v) for v in z.index],
             metric_label=SPEC_METRICS[metric], colorscale=_scale(metric), zmin=0, zmax=zmax,
             hover=f"layer {lay}<br>label %{{y}}, expert %{{x}}<br>{SPEC_METRICS[metric]}: %{{z:.3f}}"),
-            row=1, col=col)
-        if col > 1:
+            row=row, col=col)
+        if i > 0:
             fig.data[-1].showscale = False
-        fig.update_xaxes(title_text="expert", row=1, col=col)
+        fig.update_xaxes(title_text="expert", row=row, col=col)
     default = f"Label specialisation ({SPEC_METRICS[metric]})"
-    style(fig, title or default, height=max(300, 120 + 28 * frame.label.nunique()),
-          width=max(700, 80 + 260 * len(layers)) if len(layers) > 1 else None)
-    fig.update_yaxes(autorange="reversed", col=1)
-    fig.update_yaxes(title_text="label", row=1, col=1)
+    panel = 120 + 28 * frame.label.nunique()
+    style(fig, title or default, height=max(300, panel * rows + 40 * (rows - 1)),
+          width=max(700, 80 + 260 * cols) if len(layers) > 1 else None)
+    fig.update_yaxes(autorange="reversed")
+    for row in range(1, rows + 1):
+        fig.update_yaxes(title_text="label", row=row, col=1)
     return fig
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from workbench.views.experts import coactivation_heatmap, load_heatmap, specialization_heatmap, transitions_heatmap
 from workbench.views.layers import entropy_plot, norm_rank_heatmap, specialization_plot, vocab_bar
 from workbench.views.page import Section
-from workbench.views.tokens import token_heatmap
+from workbench.views.tokens import token_caption, token_heatmap
 
 MAX_PANELS = 6
 
@@ -51,11 +51,7 @@ def build_sections(trace, tables: dict, docs_per_label: int = 1, max_tokens: int
             key = f"tokens_doc{d}"
             out[key] = Section(
                 f"Routing of one document{'' if label is None else f' ({label})'}",
-                "Each column is a token of the document, each row an MoE layer; the colour (and number) is the "
-                "expert in the token's heaviest slot. Hover a cell for the token text and every expert chosen "
-                "for it with its routing weight. Runs of one colour along a row show an expert that keeps a "
-                "stretch of text; changes down a column show how a token's routing moves with depth.",
-                token_heatmap(trace, d, max_tokens=max_tokens))
+                token_caption(trace, max_tokens), token_heatmap(trace, d, max_tokens=max_tokens))
 
     out["load"] = Section(
         "Expert load",

@@ -44,6 +44,18 @@ class TokenContext:
             out.append(self._escaped[tid])
         return "".join(out)
 
+    def _parts(self, before, t, after) -> tuple[str, str, str]:
+        """The escaped text before, of and after token ``t``, on character boundaries: a character
+        split across tokens is shown whole (never ``"��"``), marked when it touches token ``t``."""
+        window = np.concatenate([np.atleast_1d(before), [t], np.atleast_1d(after)]).astype(np.int64)
+        if not hasattr(self.trace, "char_spans") or not self.trace.meta.get("token_bytes"):
+            return self._text(before), self._text(t), self._text(after)
+        cut = (len(np.atleast_1d(before)), len(np.atleast_1d(before)) + 1)
+        parts = ["", "", ""]
+        for char, first, last in self.trace.char_spans(window):
+            parts[0 if last < cut[0] else 2 if first >= cut[1] else 1] += char
+        return tuple(escape_token(x) if x else "" for x in parts)
+
     def neighbours(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Token indices before and after token ``t`` in its document (up to ``window`` each)."""
         c = self.counts
@@ -71,11 +83,12 @@ class TokenContext:
             before, after = self.neighbours(int(t))
             doc = int(docs[t])
             label = f" [{html.escape(str(labels[doc]))}]" if labels and labels[doc] is not None else ""
+            left, mid, right = self._parts(before, int(t), after)
             rows.append(
                 "<div style='font-family:monospace;white-space:pre'>"
-                f"<span style='color:#555'>{self._text(before)}</span>"
-                f"<mark style='background:#56B4E9;color:#000'>{self._text(t)}</mark>"
-                f"<span style='color:#555'>{self._text(after)}</span>"
+                f"<span style='color:#555'>{left}</span>"
+                f"<mark style='background:#56B4E9;color:#000'>{mid}</mark>"
+                f"<span style='color:#555'>{right}</span>"
                 f"  <small style='color:#777'>doc {doc}{label}, pos {int(positions[t])}, "
                 f"weight {float(weight):.2f}</small></div>")
         shown = min(limit, len(tokens))

@@ -69,7 +69,7 @@ class EmbeddingExplorer:
                                    description="α (sum)", continuous_update=False)
         self.kind = W.Dropdown(options=available_kinds(embedder), value="sum", description="heatmap")
         self.query = W.Text(value="", placeholder="type a text and press enter", description="search",
-                            continuous_update=False, layout=W.Layout(width="420px"))
+                            continuous_update=False, layout=W.Layout(width="380px"))
         self.k = W.BoundedIntText(value=k, min=1, max=len(texts), description="k", layout=W.Layout(width="140px"))
         self.results = W.HTML(value="")
         self.neighbours_table = None
@@ -84,7 +84,8 @@ class EmbeddingExplorer:
         self.k.observe(lambda _: self.search() if self.query.value.strip() else None, names="value")
         self.widget = W.VBox([
             self.title, W.HBox([self.preset, self.alpha]), self.projection_fig,
-            W.HBox([self.heatmap_fig, W.VBox([self.kind, W.HBox([self.query, self.k]), self.results])]),
+            W.HBox([self.kind, self.query, self.k]),  # one row of controls: the panel stays ~940 px wide
+            self.heatmap_fig, self.results,
             self.export_bar,
         ])
 

@@ -126,7 +126,7 @@ class ExpertCard(W.VBox):
         order = order[routed[order] > 0]
         return pd.DataFrame({
             "token_id": self.uniq[order].astype(np.int64),
-            "token": [self.trace.token_text.get(int(t), f"<{int(t)}>") for t in self.uniq[order]],
+            "token": [self.trace.token_string(int(t)) for t in self.uniq[order]],  # whole characters, ‹hex› for parts
             "routed": routed[order].astype(np.int64), "occurrences": self.occ[order].astype(np.int64),
             "share_of_token": routed[order] / self.occ[order],
             "share_of_expert": routed[order] / max(len(hits), 1)})

@@ -34,7 +34,8 @@ import plotly.graph_objects as go
 from workbench.analysis.load import as_counts, load_table
 from workbench.views._style import RATIO, SEQUENTIAL, escape_token
 from workbench.views.experts import LOAD_METRICS, load_heatmap
-from workbench.views.tokens import CELL_TEXT_MAX, token_heatmap, token_heatmap_data, token_ticks
+from workbench.views.tokens import (colour_settings, token_heatmap, token_heatmap_data, token_height, token_ticks,
+                                    token_title, token_width)
 from workbench.widgets.context import TokenContext
 from workbench.widgets.export_bar import ExportBar
 
@@ -56,7 +57,8 @@ class RoutingExplorer(W.VBox):
         counts: the trace's :class:`~workbench.analysis.TraceCounts`, if already computed.
 
     Attributes (controls; set ``.value`` to drive the explorer from code):
-        layers, label, metric, doc, start, rank; figures ``matrix_fig`` and ``token_fig``
+        layers, label, metric, doc, start (bounded to the chosen document: 0 to its last position;
+        it steps by a window), rank; ``window`` (which tokens are shown, of how many); figures ``matrix_fig`` and ``token_fig``
         (``go.FigureWidget``); ``context`` (HTML of the clicked cell); ``export_bar``.
     """
 
@@ -74,38 +76,48 @@ class RoutingExplorer(W.VBox):
                                  layout=W.Layout(width="380px"))
         self.doc = W.Dropdown(options=self._doc_options(), value=0, description="document",
                               layout=W.Layout(width="380px"))
-        longest = int(np.diff(self.counts.doc_start).max()) if trace.num_tokens else 1
-        self.start = W.BoundedIntText(value=0, min=0, max=max(longest - 1, 0), step=max_tokens // 2,
+        self.start = W.BoundedIntText(value=0, min=0, max=self._last_start(0), step=max_tokens,
                                       description="from token", layout=W.Layout(width="180px"))
+        self.window = W.HTML(layout=W.Layout(width="200px"))
         self.rank = W.Dropdown(options=[(f"rank {r}", r) for r in range(trace.k)], value=0,
                                description="slot", layout=W.Layout(width="160px"))
         self.context = W.HTML(value="<i>click a cell to list the tokens routed there</i>")
 
         self.matrix_fig = go.FigureWidget(load_heatmap(self._load_frame(), "load_ratio"))
         self.token_fig = go.FigureWidget(token_heatmap(trace, 0, max_tokens=max_tokens, counts=self.counts))
-        self.token_fig.layout.width = None  # fill the notebook's output area
+        # a fixed width (at most 940 px): a FigureWidget without one is drawn 700 px wide, too narrow
+        # for a labelled column per token
         self.matrix_fig.data[0].on_click(self._on_matrix_click)
         self.token_fig.data[0].on_click(self._on_token_click)
         self.export_bar = ExportBar(self.export_items, folder=export_dir, prefix="routing_")
 
         for control in (self.layers, self.label, self.metric):
             control.observe(self._update_matrix, names="value")
-        for control in (self.doc, self.start, self.rank):
+        self.doc.observe(self._doc_changed, names="value")
+        for control in (self.start, self.rank):
             control.observe(self._update_tokens, names="value")
         self.layers.observe(self._update_tokens, names="value")
         self._update_matrix()
+        self._update_tokens()
         super().__init__([
             W.HBox([self.layers, W.VBox([self.label, self.metric])]), self.matrix_fig,
-            W.HBox([self.doc, self.start, self.rank]), self.token_fig,
+            W.HBox([self.doc, self.start, self.window, self.rank]), self.token_fig,
             self.context, self.export_bar])
 
     # -- data ---------------------------------------------------------------------------
+    def _doc_length(self, doc: int) -> int:
+        return int(self.counts.doc_start[doc + 1] - self.counts.doc_start[doc])
+
+    def _last_start(self, doc: int) -> int:
+        """The largest valid "from token" of document ``doc`` (its last position)."""
+        return max(self._doc_length(doc) - 1, 0) if len(self.counts.doc_start) > 1 else 0
+
     def _doc_options(self):
         labels = self.trace.doc_labels
         opts = []
         for d in range(len(self.counts.doc_start) - 1):
-            first = self.counts.doc_tokens(d)[:8]
-            preview = "".join(self.trace.token_text.get(int(t), "") for t in self.trace.token_ids[first])
+            first = self.counts.doc_tokens(d)[:24]
+            preview = self.trace.text_of(first)  # whole characters across tokens, never "��"
             preview = " ".join(preview.split())[:40]
             tag = f" [{labels[d]}]" if labels and d < len(labels) and labels[d] is not None else ""
             opts.append((f"{d}{tag}: {preview}", d))
@@ -159,21 +171,33 @@ class RoutingExplorer(W.VBox):
             self.matrix_fig.layout.yaxis.ticktext = [str(x) for x in layers]
             self.matrix_fig.layout.height = max(280, 90 + 26 * len(layers))
 
+    def _doc_changed(self, change=None) -> None:
+        """A new document: bound "from token" to its length (back to its start), then redraw."""
+        with self.start.hold_trait_notifications():
+            self.start.value = 0
+            self.start.max = self._last_start(self.doc.value)
+        self._update_tokens()
+
     def _update_tokens(self, change=None) -> None:
         layers = [self.trace.layers[p] for p in self._layer_pos()]
-        data = token_heatmap_data(self.trace, self.doc.value, layers=layers, start=self.start.value,
+        doc, start = self.doc.value, min(int(self.start.value), self._last_start(self.doc.value))
+        data = token_heatmap_data(self.trace, doc, layers=layers, start=start,
                                   max_tokens=self.max_tokens, rank=self.rank.value, counts=self.counts)
         with self.token_fig.batch_update():
             hm = self.token_fig.data[0]
             hm.z, hm.x, hm.y, hm.hovertext = data["z"], data["x"], data["y"], data["hovertext"]
-            hm.texttemplate = "%{z}" if len(data["x"]) <= CELL_TEXT_MAX else None
+            colours = colour_settings(self.trace.num_experts, self.rank.value, len(data["y"]))
+            if "colorbar" in colours:
+                hm.colorbar.update(colours["colorbar"])
             lay = self.token_fig.layout
-            ticks = token_ticks(data["x"], data["ticktext"])
-            lay.xaxis.tickvals, lay.xaxis.ticktext = ticks["tickvals"], ticks["ticktext"]
+            lay.xaxis.update(token_ticks(data["x"], data["ticktext"]))
             lay.yaxis.tickvals, lay.yaxis.ticktext = data["y"], [str(x) for x in data["y"]]
-            lay.height = max(260, 60 + 28 * len(data["y"]))
-            lay.title.text = escape_token(f"Experts chosen per token (rank-{self.rank.value} slot), "
-                                         f"document {self.doc.value}")
+            lay.height = token_height(len(data["y"]), len(data["x"]))
+            lay.width = token_width(len(data["x"]))
+            lay.title.text = escape_token(token_title(self.trace, doc, self.rank.value, data))
+        x = data["x"]
+        self.window.value = (f"<small>tokens {x[0]}–{x[-1]} of {data['total']}</small>" if x
+                             else "<small>no tokens</small>")
 
     def _on_matrix_click(self, trace, points, state) -> None:
         if points.point_inds:

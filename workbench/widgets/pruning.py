@@ -11,9 +11,13 @@ Wiring only; the work is done by :mod:`workbench.pruning`:
 2. *Calibrate β* — :func:`~workbench.pruning.calibrate_skipping` on the calibration texts; the β-scale
    slider rescales every threshold and the skip-rate plot follows without running the model.
 3. *Evaluate* — held-out perplexity per domain and expert calls per token: original, pruned, and
-   the original with skipping (:func:`~workbench.pruning.compare`).
+   the original with skipping (:func:`~workbench.pruning.compare`), on the first *docs per domain*
+   evaluation rows of every domain (a sample across domains, not the first rows of the list).
 4. *Save checkpoint* writes the pruned model (plain-transformers loadable, with β when ticked); the
    export bar writes the tables (CSV) and figures.
+
+Results the notebook already computed can be handed in (``result=``, ``baselines=``, ``skipping=``,
+``quality=``): the panel starts from them, their figures drawn, its controls set to match.
 
 Example:
     >>> import tempfile, workbench as wb
@@ -41,38 +45,33 @@ from __future__ import annotations
 import html
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from workbench import pruning
+from workbench.widgets._figures import PLACEHOLDER_RESET as _PLACEHOLDER_RESET  # noqa: F401
+from workbench.widgets._figures import placeholder as _placeholder
+from workbench.widgets._figures import set_figure as _set_figure
 from workbench.widgets.export_bar import ExportBar
 
 NARROW = {"description_width": "90px"}
 
 
-#: what a placeholder sets, reset in the browser before its first real figure (a layout assignment
-#: is sent as a relayout of the new keys only, so the placeholder's keys would otherwise stay)
-_PLACEHOLDER_RESET = {"annotations": [], "height": None, "plot_bgcolor": None, "xaxis.visible": None,
-                      "yaxis.visible": None}
+def sample_per_domain(rows, per_domain: int) -> list:
+    """The first ``per_domain`` rows of every domain (``row["label"]``), domains in order of first
+    appearance: a sample across domains of a list that may be sorted by domain.
 
-
-def _placeholder(text: str) -> go.FigureWidget:
-    """An empty figure that says which button fills it (instead of bare default axes)."""
-    widget = go.FigureWidget(layout=go.Layout(
-        height=160, xaxis={"visible": False}, yaxis={"visible": False}, plot_bgcolor="white",
-        annotations=[{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
-                      "font": {"size": 14, "color": "#555"}}]))
-    widget._workbench_placeholder = True
-    return widget
-
-
-def _set_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
-    if getattr(widget, "_workbench_placeholder", False):
-        widget.plotly_relayout(_PLACEHOLDER_RESET)
-        widget._workbench_placeholder = False
-    with widget.batch_update():
-        widget.data = []
-        widget.add_traces(fig.data)
-        widget.layout = fig.layout
+    Example:
+        >>> rows = [{"text": t, "label": l} for t, l in zip("abcdef", "xxxyyz")]
+        >>> [r["text"] for r in sample_per_domain(rows, 2)]
+        ['a', 'b', 'd', 'e', 'f']
+    """
+    taken: dict = {}
+    out = []
+    for row in rows:
+        label = row.get("label", "") if isinstance(row, dict) else ""
+        if taken.get(label, 0) < per_domain:
+            taken[label] = taken.get(label, 0) + 1
+            out.append(row)
+    return out
 
 
 class PruningPanel(W.VBox):
@@ -87,6 +86,14 @@ class PruningPanel(W.VBox):
             ``pruner`` is given: its own preset is the initial one).
         max_tokens: tokens per evaluation document.
         folder: where the export bar and the checkpoint button write.
+        eval_per_domain: initial *docs per domain* of Evaluate (default: about 18 documents in all,
+            spread evenly over the domains of ``evaluation``).
+        result: a :class:`~workbench.pruning.PruningResult` already computed on ``lm``: shown at once,
+            the controls set to its ``r``, method and seed.
+        baselines: the results to draw beside it in the loss plot (default: the frequency and random
+            baselines at the same ``r``, computed from ``pruner`` when one is given).
+        skipping: a :class:`~workbench.pruning.SkipCalibration` already computed on ``lm``.
+        quality: a :func:`~workbench.pruning.compare` table already computed: shown at once.
 
     Attributes:
         result: the last :class:`~workbench.pruning.PruningResult`; ``baselines``: the frequency and
@@ -95,8 +102,10 @@ class PruningPanel(W.VBox):
     """
 
     def __init__(self, lm, calibration, evaluation=None, *, pruner=None, max_tokens: int = 256,
-                 folder="exports", preset=None):
+                 folder="exports", preset=None, eval_per_domain: int | None = None, result=None,
+                 baselines=None, skipping=None, quality=None):
         self.lm, self.evaluation_rows, self.max_tokens = lm, list(evaluation or []), max_tokens
+        given_pruner = pruner is not None
         self.pruner = pruner or pruning.Pruner(lm, calibration, progress=False, preset=preset)
         self.texts = self.pruner.texts
         first = self.pruner.preset_name or (None if self.pruner.preset is None else "given")
@@ -131,6 +140,12 @@ class PruningPanel(W.VBox):
                                         continuous_update=False)
         self.skip_fig = _placeholder("press Calibrate β: thresholds and skip rates per layer")
         self.evaluate_button = W.Button(description="Evaluate", icon="bar-chart", button_style="warning")
+        domains = self.domains()
+        most = max(domains.values(), default=1)
+        per_domain = eval_per_domain or max(1, 18 // max(len(domains), 1))
+        self.eval_docs = W.BoundedIntText(value=min(per_domain, most), min=1, max=most, description="docs per domain",
+                                          style={"description_width": "110px"}, layout=W.Layout(width="200px"))
+        self.eval_note = W.HTML(value=self._domain_note())
         self.ppl_fig = _placeholder("press Evaluate: held-out perplexity per domain")
         self.ppl_table = W.HTML()
         self.checkpoint = W.Text(value=f"{folder}/pruned_checkpoint", description="checkpoint", style=NARROW,
@@ -152,8 +167,37 @@ class PruningPanel(W.VBox):
             W.HBox([self.method, self.progressive, self.seed, self.run_button]),
             self.kept_fig, self.loss_fig, self.table,
             W.HBox([self.calibrate_button, self.beta_scale]), self.skip_fig,
-            self.evaluate_button, self.ppl_fig, self.ppl_table,
+            W.HBox([self.evaluate_button, self.eval_docs, self.eval_note]), self.ppl_fig, self.ppl_table,
             W.HBox([self.checkpoint, self.with_beta, self.save_button]), self.status, self.export_bar])
+        if result is not None:
+            if baselines is None:
+                baselines = self._baselines(result) if given_pruner else []
+            self.show_result(result, baselines)
+        if skipping is not None:
+            self.calibration = skipping
+            self._show_skipping()
+        if quality is not None:
+            self.show_evaluation(quality)
+
+    # -- evaluation sample ---------------------------------------------------------------
+    def domains(self) -> dict:
+        """``{domain: number of evaluation rows}``, in order of first appearance."""
+        out: dict = {}
+        for row in self.evaluation_rows:
+            label = row.get("label", "") if isinstance(row, dict) else ""
+            out[label] = out.get(label, 0) + 1
+        return out
+
+    def evaluation_sample(self) -> list:
+        """The rows Evaluate uses: the first *docs per domain* rows of every domain."""
+        return sample_per_domain(self.evaluation_rows, int(self.eval_docs.value))
+
+    def _domain_note(self) -> str:
+        domains = self.domains()
+        if len(domains) == 1:
+            return (f"<small style='color:#D55E00'>the evaluation rows hold one domain ({html.escape(str(next(iter(domains))))}"
+                    "): pass rows of several domains to compare them</small>")
+        return f"<small>{len(domains)} domains</small>" if domains else ""
 
     # -- control links -------------------------------------------------------------------
     def _keep_changed(self, change) -> None:
@@ -192,13 +236,35 @@ class PruningPanel(W.VBox):
                                         progressive=bool(self.progressive.value))
         self.baselines = [self.pruner.prune(keep=keep, method=m, seed=seed) for m in ("frequency", "random")
                           if m != self.method.value or self.progressive.value]
-        self.pruned = None
-        _set_figure(self.kept_fig, self.result.plot())
-        _set_figure(self.loss_fig, pruning.loss_plot([self.result, *self.baselines]))
-        frame = self.result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss", "evaluated", "seconds"]]
-        self.table.value = (f"<p>calibration: {html.escape(self.pruner.describe_units())}</p>"
-                            + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        self.show_result(self.result, self.baselines)
         return self.result
+
+    def _baselines(self, result) -> list:
+        """The frequency and random results at the result's ``r`` (those it is not itself)."""
+        seed = int(result.settings.get("seed", self.seed.value) or 0)
+        return [self.pruner.prune(keep=result.keep, method=m, seed=seed) for m in ("frequency", "random")
+                if m != result.method or result.progressive]
+
+    def show_result(self, result, baselines=()) -> None:
+        """Show a pruning result (kept map, loss per layer beside ``baselines``, table) and set the
+        controls to its ``r``, method and seed."""
+        if result.fingerprint != self.lm.fingerprint:
+            raise ValueError(f"this result was computed on another model ({result.model}); the panel's model is "
+                             f"{self.lm.name}")
+        self.result, self.baselines, self.pruned = result, list(baselines), None
+        if result.keep in self.keep.options:
+            self.keep.value = result.keep
+        if result.method in self.method.options:
+            self.method.value = result.method
+        self.progressive.value = bool(result.progressive)
+        if isinstance(result.settings.get("seed"), int):
+            self.seed.value = result.settings["seed"]
+        _set_figure(self.kept_fig, result.plot())
+        _set_figure(self.loss_fig, pruning.loss_plot([result, *self.baselines]))
+        frame = result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss", "evaluated", "seconds"]]
+        units = result.settings.get("units") or self.pruner.describe_units()
+        self.table.value = (f"<p>calibration: {html.escape(str(units))}</p>"
+                            + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
     def calibrate(self):
         """Calibrate skipping thresholds on the calibration texts (original model)."""
@@ -225,14 +291,19 @@ class PruningPanel(W.VBox):
             scale = float(self.beta_scale.value)
             conditions[f"skipping (β × {scale:.2f})"] = (self.lm, [self.calibration.spec(scale)])
         with pruning.saved_skipping_off(self.lm):
-            self.evaluation_table = pruning.compare(conditions, self.evaluation_rows, max_tokens=self.max_tokens)
-        _set_figure(self.ppl_fig, pruning.ppl_plot(self.evaluation_table[self.evaluation_table.domain != "mean"]))
-        wide = pruning.ppl_table(self.evaluation_table)
-        calls = self.evaluation_table[self.evaluation_table.domain == "mean"].set_index("condition").calls_per_token
+            table = pruning.compare(conditions, self.evaluation_sample(), max_tokens=self.max_tokens)
+        self.show_evaluation(table)
+        return self.evaluation_table
+
+    def show_evaluation(self, table) -> None:
+        """Show a :func:`~workbench.pruning.compare` table: perplexity per domain, calls per token."""
+        self.evaluation_table = table
+        _set_figure(self.ppl_fig, pruning.ppl_plot(table[table.domain != "mean"]))
+        wide = pruning.ppl_table(table)
+        calls = table[table.domain == "mean"].set_index("condition").calls_per_token
         self.ppl_table.value = (wide.to_html(float_format=lambda v: f"{v:.2f}")
                                 + "<p>expert calls per token (all MoE layers): "
                                 + ", ".join(f"{html.escape(str(k))}: {v:.2f}" for k, v in calls.items()) + "</p>")
-        return self.evaluation_table
 
     def save_checkpoint(self, folder=None):
         """Write the pruned checkpoint (and β, when ticked) to the checkpoint folder; returns the path."""

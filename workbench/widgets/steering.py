@@ -41,9 +41,10 @@ from __future__ import annotations
 import html
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from workbench import steering
+from workbench.steering.plot import outline_shapes
+from workbench.widgets._figures import placeholder, set_figure
 from workbench.widgets.export_bar import ExportBar
 
 REST = "(all other sets)"
@@ -79,6 +80,11 @@ class SteeringPanel(W.VBox):
         max_new_tokens: tokens per continuation.
         permutations: shuffles of the permutation test.
         folder: where the export bar writes.
+        contrast: an :class:`~workbench.steering.ExpertContrast` already computed (e.g. by
+            :func:`~workbench.steering.find_experts` in the notebook): the panel starts from it, its
+            table, heatmap and top-N selection shown; its sets become set A and set B.
+        experiment: a :class:`~workbench.steering.SteeringExperiment` already run: its bar chart and
+            summary are shown at once.
 
     Attributes:
         contrast: the last :class:`~workbench.steering.ExpertContrast`; ``experiment``: the last
@@ -86,13 +92,16 @@ class SteeringPanel(W.VBox):
     """
 
     def __init__(self, lm, sets: dict, a: str | None = None, b: str | None = None, behaviour=None,
-                 max_new_tokens: int = 24, permutations: int = 1000, folder="exports"):
+                 max_new_tokens: int = 24, permutations: int = 1000, folder="exports", contrast=None,
+                 experiment=None):
         if not isinstance(sets, dict) or len(sets) < 2:
             raise ValueError("SteeringPanel needs {name: [prompt, ...]} with at least two sets")
         self.lm, self.sets, self.behaviour = lm, {str(k): list(v) for k, v in sets.items()}, behaviour
         self.permutations = permutations
         self.contrast = self.experiment = self.comparison = None
         names = list(self.sets)
+        if contrast is not None:
+            a, b = self._sets_of(contrast, a, b)
         self.set_a = W.Dropdown(options=names, value=a or names[0], description="set A", style=NARROW)
         self.set_b = W.Dropdown(options=[REST] + names, value=b or REST, description="set B", style=NARROW)
         self.measure = W.Dropdown(options=["count", "weight"], value="count", description="activation",
@@ -107,7 +116,7 @@ class SteeringPanel(W.VBox):
                                       continuous_update=False, style=NARROW)
         self.rank_button = W.Button(description="Rank experts", icon="sort-amount-desc", button_style="primary")
         self.table = W.HTML(value="<i>press Rank experts</i>")
-        self.heatmap = go.FigureWidget()
+        self.heatmap = placeholder("press Rank experts: the layer × expert contrast of set A against set B")
         self.top_n = W.IntSlider(value=0, min=0, max=len(lm.moe_layers) * lm.num_experts // 2,
                                  description="top-N", continuous_update=False, style=NARROW)
         self.experts = W.SelectMultiple(options=[], description="experts", rows=8, style=NARROW,
@@ -126,7 +135,7 @@ class SteeringPanel(W.VBox):
         self.seeds = W.IntSlider(value=3, min=1, max=10, description="random seeds", style=NARROW)
         self.run_button = W.Button(description="Run experiment", icon="flask", button_style="warning")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="300px"))
-        self.experiment_fig = go.FigureWidget()
+        self.experiment_fig = placeholder("press Run experiment: the behaviour rate per condition")
         self.summary = W.HTML(value="")
         self.status = W.HTML(value="")
         self.export_bar = ExportBar(self.export_items, folder=folder, prefix="steering_")
@@ -136,7 +145,10 @@ class SteeringPanel(W.VBox):
         self.run_button.on_click(lambda _b: self._safe(self.run_experiment))
         self.top_n.observe(self._select_top, names="value")
         self.activate_n.observe(self._select_top, names="value")
-        self.preset.observe(lambda _ch: self._select_top() if self.contrast is not None else None, names="value")
+        self.experts.observe(self._outline, names="value")
+        self.activate.observe(self._outline, names="value")
+        self.preset.observe(lambda _ch: self._select_top() if self.contrast is not None else self._outline(),
+                            names="value")
         self.set_a.observe(lambda ch: setattr(self.prompt, "value", self.sets[ch["new"]][0]), names="value")
         super().__init__([
             W.HBox([self.set_a, self.set_b, self.measure, self.preset, self.rank_button]), self.table, self.heatmap,
@@ -145,6 +157,26 @@ class SteeringPanel(W.VBox):
             self.prompt, W.HBox([self.max_new_tokens, self.generate_button]), self.output,
             W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_fig, self.summary,
             self.status, self.export_bar])
+        if contrast is not None:
+            self.show_contrast(contrast)
+        if experiment is not None:
+            self.show_experiment(experiment)
+
+    def _sets_of(self, contrast, a, b):
+        """Set A and set B of a computed contrast, as this panel's dropdown values."""
+        names = list(self.sets)
+        if len(contrast.a) != 1 or contrast.a[0] not in names:
+            raise ValueError(f"the contrast's set A {contrast.a} is not one of the panel's sets {names}")
+        a = contrast.a[0]
+        rest = sorted(n for n in names if n != a)
+        if sorted(contrast.b) == rest and len(rest) > 1:
+            b = REST
+        elif len(contrast.b) == 1 and contrast.b[0] in names:
+            b = contrast.b[0]
+        else:
+            raise ValueError(f"the contrast's set B {contrast.b} is neither one of the panel's sets nor all "
+                             f"the others {rest}")
+        return a, b
 
     # -- actions -------------------------------------------------------------------------
     def _safe(self, fn) -> None:
@@ -164,23 +196,40 @@ class SteeringPanel(W.VBox):
             raise ValueError("choose two different sets")
         self.contrast = steering.find_experts(self.lm, self.sets, a=self.set_a.value, b=self._b_sets(),
                                               measure=self.measure.value, permutations=self.permutations)
+        self.show_contrast(self.contrast)
+        return self.contrast
+
+    def show_contrast(self, contrast) -> None:
+        """Show a computed contrast: table, heatmap, expert lists, top-N preselected and outlined."""
+        self.contrast = contrast
+        if getattr(contrast, "measure", None) in self.measure.options and self.measure.value != contrast.measure:
+            self.measure.value = contrast.measure
         self.activate.options = [(f"L{r.layer}/E{r.expert}  rd={r.risk_diff:+.3f}", (int(r.layer), int(r.expert)))
-                                 for r in self.contrast.table.sort_values("risk_diff", kind="mergesort").itertuples()
+                                 for r in contrast.table.sort_values("risk_diff", kind="mergesort").itertuples()
                                  if r.risk_diff < 0]
-        table = self.contrast.table
+        table = contrast.table
         self.table.value = _table_html(table)
-        fig = self.contrast.plot()
-        with self.heatmap.batch_update():
-            self.heatmap.data = []
-            self.heatmap.add_traces(fig.data)
-            self.heatmap.layout = fig.layout
+        set_figure(self.heatmap, contrast.plot())
         self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}  rd={r.risk_diff:+.3f}",
                                  (int(r.layer), int(r.expert))) for r in table.itertuples()]
         if self.top_n.value == 0:
             self.top_n.value = min(10, self.top_n.max)
         else:
             self._select_top()
-        return self.contrast
+        self._outline()
+
+    def show_experiment(self, experiment) -> None:
+        """Show a finished experiment: the bar chart and the summary."""
+        self.experiment = experiment
+        set_figure(self.experiment_fig, experiment.plot())
+        self.summary.value = "<pre>" + html.escape("\n".join(experiment.report_lines())) + "</pre>"
+
+    def _outline(self, _change=None) -> None:
+        """Outline the selected experts (and, for SteerMoE, those switched on) on the heatmap."""
+        if self.contrast is None:
+            return
+        on = self.activated if self.preset.value == "steermoe" else []
+        self.heatmap.layout.shapes = outline_shapes(self.contrast.layers, self.selected, on)
 
     def _select_top(self, _change=None) -> None:
         """Preselect the top-N (by the method's ranking) and, for SteerMoE, set B's experts to switch on."""
@@ -252,12 +301,7 @@ class SteeringPanel(W.VBox):
             self.lm, self.sets[a], top, behaviour, seeds=range(int(self.seeds.value)), mode=self.mode.value,
             on_weight=float(self.weight.value) or None, max_new_tokens=int(self.max_new_tokens.value),
             quality={"+".join(b_names): b_prompts}, progress=False, callback=tick, **options)
-        fig = self.experiment.plot()
-        with self.experiment_fig.batch_update():
-            self.experiment_fig.data = []
-            self.experiment_fig.add_traces(fig.data)
-            self.experiment_fig.layout = fig.layout
-        self.summary.value = "<pre>" + html.escape("\n".join(self.experiment.report_lines())) + "</pre>"
+        self.show_experiment(self.experiment)
         return self.experiment
 
     def export_items(self) -> dict:
