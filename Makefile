@@ -11,13 +11,13 @@ OUT ?= report
 # The CPU wheel of torch; GPU users: see README ("Using a GPU").
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install system-deps vllm-env clean
+.PHONY: demo test install system-deps vllm-env lab docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[notebook,nnsight,train,dev]"
+	$(PY) -m pip install --quiet -e ".[notebook,nnsight,train,dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,6 +30,14 @@ demo: install system-deps
 
 vllm-env:
 	bash scripts/vllm-env.sh $(VLLM_VENV)
+
+# JupyterLab on the notebooks (as root it needs --allow-root)
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# the documentation site, built strictly (any warning fails) into site/; open site/index.html
+docs: install
+	$(PY) -m sphinx -b html -n -W --keep-going -q -d build/doctrees docs site
 
 test: install system-deps vllm-env
 	bash scripts/run-tests.sh $(PY)

@@ -128,7 +128,7 @@ def vocab_specialization(trace, min_count: int = 1, top1: bool = False) -> pd.Da
         top_count = table[np.arange(len(uniq)), top]
         frames.append(pd.DataFrame({
             "layer": layer, "token_id": uniq[keep].astype(np.int64),
-            "token": [trace.token_text.get(int(t), f"<{int(t)}>") for t in uniq[keep]],
+            "token": [trace.token_string(int(t)) for t in uniq[keep]],
             "count": occ[keep].astype(np.int64), "top_expert": top[keep].astype(np.int64),
             "top_count": top_count[keep].astype(np.int64), "top_share": top_count[keep] / occ[keep],
             "uniform": (1 if top1 else trace.top_k) / num_experts}))

@@ -99,7 +99,7 @@ def recombine(lm, cache, routings, *, outputs: bool = False, loss: bool = True, 
         route_backend: routing backend (``"torch"``, ``"triton"``, ``"reference"``).
 
     Raises:
-        OutsideCacheError: a routing needs an expert outside the cached candidates.
+        ~workbench.kernels.recombine.OutsideCacheError: a routing needs an expert outside the cached candidates.
     """
     check_cache(lm, cache)
     plans = plans_for(lm, cache.layer, routings)

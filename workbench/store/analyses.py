@@ -125,8 +125,7 @@ def stored_vocab_specialization(trace, min_count: int, top1: bool) -> pd.DataFra
     order = np.lexsort((uniq[keep], -occ[keep]))  # most frequent first, then token id
     ids, counts = uniq[keep][order], occ[keep][order]
     at = np.flatnonzero(keep)[order]
-    text = trace.token_text
-    tokens = [text.get(int(t), f"<{int(t)}>") for t in ids]
+    tokens = [trace.token_string(int(t)) for t in ids]
     frames = []
     for pos, layer in sorted(enumerate(trace.layers), key=lambda x: x[1]):
         top_count = vocab["top_count"][pos, at]
@@ -155,7 +154,7 @@ def expert_tokens(trace, layer: int, expert: int, top: int = 15) -> pd.DataFrame
     total = max(int(routed.sum()), 1)
     return pd.DataFrame({
         "token_id": token_ids[:top].astype(np.int64),
-        "token": [trace.token_text.get(int(t), f"<{int(t)}>") for t in token_ids[:top]],
+        "token": [trace.token_string(int(t)) for t in token_ids[:top]],
         "routed": routed[:top].astype(np.int64), "occurrences": occurrences.astype(np.int64),
         "share_of_token": routed[:top] / occurrences, "share_of_expert": routed[:top] / total})
 
