@@ -146,10 +146,7 @@ def _cmd_steer(args) -> int:
         seeds=range(args.seeds), mode=args.mode, on_weight=args.weight, max_new_tokens=args.max_new_tokens,
         measure=args.measure, permutations=args.permutations, figures=args.figures, progress=not args.quiet,
         preset=args.preset, activate=args.activate)
-    lines = experiment.report_lines()
-    # the table's columns after 'change' are perplexities, named as in the CSVs (ppl_b: on set B)
-    lines[1] = lines[1].replace(f"{'b':>12}", f"{'ppl_b':>12}")
-    print("\n".join(lines))
+    print("\n".join(experiment.report_lines()))
     out = Path(args.out)
     print(f"wrote {out / 'experts.csv'}, {out / 'experiment.csv'}, {out / 'summary.csv'} and "
           f"{out / 'continuations.csv'} (columns ending _a / _b: of set A / set B)")

@@ -225,7 +225,7 @@ class SteeringExperiment:
         summary = self.summary()
         ppl_cols = [c for c in summary.columns if c.startswith("ppl_") and not c.startswith("ppl_change")]
         head = f"{'condition':<12}{'runs':>5}{'rate':>7}{'95% CI':>15}{'change':>9}" + \
-            "".join(f"{c[4:]:>12}" for c in ppl_cols)
+            "".join(f"{c:>12}" for c in ppl_cols)
         lines = [f"behaviour: {self.behaviour_name}; top experts: {_pairs_text(self.top)}", head]
         for r in summary.to_dict("records"):
             ci = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
