@@ -145,7 +145,7 @@ _ENGINE_EXTRA = {"qwen3_moe": dict(head_dim=64),
 ENGINE_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 
 
-def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float = 30.0):
+def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float = 30.0, **overrides):
     """Save a tiny random checkpoint of ``family`` (safetensors, config and the tiny tokenizer) whose
     widths a vLLM engine also runs, so both backends load the same files.
 
@@ -154,6 +154,7 @@ def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float =
         path: the folder to write.
         seed: torch seed for the weights.
         router_scale: router weights are multiplied by this so that routing is decisive.
+        **overrides: config values to change (keys as ``config.to_dict()`` names them, e.g. ``num_local_experts=128``).
 
     Returns:
         ``path`` as a :class:`pathlib.Path`.
@@ -174,6 +175,7 @@ def save_tiny_checkpoint(family: str, path, seed: int = 0, router_scale: float =
     config = tiny_config(family)
     values = config.to_dict()
     values.update(_ENGINE_WIDTHS, **_ENGINE_EXTRA.get(family, {}))
+    values.update(overrides)
     values.pop("qk_head_dim", None)  # derived from the rope and nope widths
     config = type(config).from_dict(values)
     torch.manual_seed(seed)

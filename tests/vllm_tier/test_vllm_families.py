@@ -57,3 +57,20 @@ def test_deepseek_v3_config_without_vllm_routing_keys_is_refused(tmp_path):
     (path / "config.json").write_text(config)
     with pytest.raises(ValueError, match="scoring_func='sigmoid' and topk_method='noaux_tc'"):
         wb.load(path, backend="vllm")
+
+
+def test_real_routing_shape_128_experts_top_8(tmp_path):
+    """A Qwen3-MoE with the routing of the large models (128 experts, top-8) over 8 layers."""
+    path = save_tiny_checkpoint("qwen3_moe", tmp_path / "wide", num_local_experts=128, num_experts_per_tok=8,
+                                num_hidden_layers=8, router_scale=10.0)
+    lm = wb.load(path)
+    with wb.load(path, backend="vllm") as vm:
+        assert (vm.num_experts, vm.top_k, len(vm.moe_layers)) == (128, 8, 8)
+        got = wb.record(vm, TEXTS, progress=False)
+        spec = wb.Mask({layer: list(range(0, 128, 2)) for layer in lm.moe_layers})
+        with wb.edit(vm, spec):
+            got_edited = wb.record(vm, TEXTS, progress=False)
+    assert_same_trace(got, wb.record(lm, TEXTS, progress=False))
+    with wb.edit(lm, spec):
+        assert_same_trace(got_edited, wb.record(lm, TEXTS, progress=False))
+    assert (got_edited.topk_idx % 2 == 1).all()
