@@ -8,6 +8,8 @@ step) and the two-pass reference (two forwards, two caches), decoding the same p
 ``--max-new-tokens`` each; ms per generated token (prompt pass included) and ratios to greedy, in
 this thread's CPU time (the target figure; a shared machine's other processes inflate wall time,
 which is shown next to it). Target for the batched decoder: <= 1.25x greedy on CPU, batch 1.
+"scmoe, general path" is the same decoder with the hook manager's lean path off
+(``lm.probes.lean = False``: every router call through ``ProbeManager.decide`` and the seams).
 The floor: SCMoE's own loop at batch 2 (contrast scores, step log) with no routing edit, i.e. what
 any batched SCMoE pays before routing the weak row; and, per decoding forward step and per prompt
 pass, the model alone at batch 1 and 2 (no hooks) against the SCMoE forward.
@@ -90,8 +92,16 @@ def latency(lm, prompts, max_new_tokens: int, repeats: int, weak: str) -> tuple[
     ``(cpu, wall)``. CPU time is this thread's (``time.thread_time`` around each call, tokenising
     included; torch runs on this thread with one thread), which other processes on a shared machine
     do not inflate; wall time is each :class:`Generation`'s own ``seconds``."""
+    def general(p):  # the hooks' general per-row path (no lean path): what the lean path saves
+        lm.probes.lean = False
+        try:
+            return generate(lm, p, max_new_tokens=max_new_tokens, weak=weak)
+        finally:
+            lm.probes.lean = True
+
     decoders = {"greedy": lambda p: generate_greedy(lm, p, max_new_tokens=max_new_tokens),
                 "scmoe (batched)": lambda p: generate(lm, p, max_new_tokens=max_new_tokens, weak=weak),
+                "scmoe, general path": general,
                 "scmoe (two-pass)": lambda p: generate_two_pass(lm, p, max_new_tokens=max_new_tokens, weak=weak),
                 "floor: batch 2, no edit": lambda p: batch2_no_edit(lm, p, max_new_tokens)}
     for run in decoders.values():
@@ -205,6 +215,21 @@ def _accuracy_lines(result, title: str) -> list[str]:
     return lines
 
 
+def _verdict(preset) -> str:
+    """Whether the paper's gain replicates on this model: the preset's SCMoE against greedy and the
+    random-expert control, with the paired standard error."""
+    paired = preset.compare("greedy").set_index("method")
+    c, r = paired.loc["scmoe"], paired.loc["scmoe random"]
+    if c.delta > 2 * c.se and c.delta > r.delta + 2 * max(r.se, 1e-9):
+        word = "replicates here: SCMoE beats greedy and the random-expert control by more than the noise"
+    elif c.delta > 2 * c.se:
+        word = "replicates only in part: SCMoE beats greedy, but no more than the random-expert control does"
+    else:
+        word = "does not replicate on this model: SCMoE is within noise of (or below) greedy"
+    return (f"the paper's +5.15 points {word} (preset: {c.delta * 100:+.1f} ± {c.se * 100:.1f} points; "
+            f"random-expert control {r.delta * 100:+.1f} ± {r.se * 100:.1f})")
+
+
 def _latency_lines(lm, args, weak, cpu, wall, steps, prompt_ms, prompts) -> list[str]:
     lines = [(f"latency: {args.prompts} prompts x {args.max_new_tokens} new tokens, weak={weak}, beta=0.5, "
               f"median of {args.repeats} interleaved rounds, ms per generated token (prompt pass included); "
@@ -222,7 +247,7 @@ def _latency_lines(lm, args, weak, cpu, wall, steps, prompt_ms, prompts) -> list
     apart = steps["batch 2, another token in row 1, no edit"] - steps["batch 2, no edit"]
     hooks = steps["batch 2, weak on row 1 (SCMoE)"] - steps["batch 2, another token in row 1, no edit"]
     lines.append(f"  SCMoE step over batch 2 with identical rows: {apart:+.2f} ms from rows on different experts, "
-                 f"{hooks:+.2f} ms from the per-row edit (fused rank-row routing, kernels/rank_rows.py)")
+                 f"{hooks:+.2f} ms from the per-row edit (the hooks' lean fused rank-row path, probes/hooks.py)")
     lines.append(f"prompt pass ({len(prompts)} prompts, model only (SCMoE: entering the edit included), median of "
                  "mean CPU ms per prompt):")
     for name, value in prompt_ms.items():
@@ -268,6 +293,7 @@ def main() -> None:
                                      f"alpha=0.1, same {n} sums")
     lines.append("  (± = paired standard error; differences under about 2 SE are noise)")
     lines.append(f"  {PAPER}")
+    lines.append(f"  {_verdict(preset)}")
     lines.append(f"(total {time.perf_counter() - start:.0f} s; machine load average at the end "
                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock ratios are noisy on a busy machine)")
     print("\n".join(lines))

@@ -261,7 +261,7 @@ CLICKS = {"02_pruning_skipping.ipynb": ["Prune", "Calibrate β", "Evaluate"],
 MIN_PLOTS = {"04_self_contrast.ipynb": 0}
 #: Notebooks whose panels start from the results computed above them: every plot has data before
 #: any click (02 joins once its notebook passes ``result=`` etc. to the pruning panel).
-PREFILLED = {"03_steering.ipynb"}
+PREFILLED = {"02_pruning_skipping.ipynb", "03_steering.ipynb"}
 #: Text each notebook's panel must show after the clicks.
 PANEL_TEXT = {"02_pruning_skipping.ipynb": "expert calls per token",
               "03_steering.ipynb": "random_off",

@@ -170,7 +170,7 @@ def compare(embedder, texts, labels, *, alphas=(0.1, 0.3, 1.0, 3.0, 10.0), ancho
     return table
 
 
-def agreement(a, b, texts, kinds=("rw", "concat", "sum"), alpha: float = 1.0) -> pd.DataFrame:
+def agreement(a, b, texts, kinds=("rw", "concat", "sum"), alpha: float = 1.0, progress: bool = False) -> pd.DataFrame:
     """Pearson correlation of two embedders' pairwise similarities over ``texts``, per kind.
 
     Args:
@@ -178,6 +178,7 @@ def agreement(a, b, texts, kinds=("rw", "concat", "sum"), alpha: float = 1.0) ->
         texts: the texts (all pairs ``i < j`` are compared).
         kinds: the kinds to compare.
         alpha: RW weight of ``sum``.
+        progress: a progress bar while each embedder reads the texts.
 
     Returns:
         One row per kind: ``kind``, ``pearson``, ``pairs``.
@@ -192,7 +193,7 @@ def agreement(a, b, texts, kinds=("rw", "concat", "sum"), alpha: float = 1.0) ->
         >>> table.pearson.round(6).tolist()
         [1.0]
     """
-    pa, pb = a.parts(texts), b.parts(texts)
+    pa, pb = a.parts(texts, progress=progress), b.parts(texts, progress=progress)
     upper = np.triu_indices(len(texts), k=1)
     rows = []
     for kind in kinds:

@@ -15,6 +15,11 @@ single ranked expert (SCMoE's weak row) is routed by the fused
 :class:`~workbench.kernels.rank_rows.RankRows` instead (four small operations, not about seventeen:
 on a decoding step of two one-token rows those operations are the edit's whole cost).
 :meth:`ProbeManager.decide_reference` is the obvious split-route-merge form both are tested against.
+When no listener reads the decision, the experts-call hook of such a layout skips the general
+machinery (decision objects, seams conversions) and runs :class:`_FusedStep` on the block's own
+arguments: the choice score, a ``topk`` and two ``where`` (``lm.probes.lean = False`` turns this
+off; tests compare both). Layouts are also kept by value (plans, rows, batch shape), so each new
+SCMoE generation, which enters a new edit, finds them instead of building them again.
 A spec with ``needs_positions`` (the random-expert control) also puts a pre-hook on the decoder
 layers to read their ``position_ids``.
 """
@@ -29,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from workbench.kernels.rank_rows import RankRows, fusable
+from workbench.kernels.rank_rows import RankRows, choice_scores, fusable
 from workbench.kernels.routing import Decision, RoutingPlan, apply_plan
 from workbench.probes import seams
 
@@ -55,6 +60,39 @@ def check_finite_fast(layer: int, values: torch.Tensor, what: str) -> None:
     finite (a NaN or an infinity makes the sum NaN or infinite); only then is each value checked."""
     if not math.isfinite(float(values.sum())):
         check_finite(layer, values, what)  # raises, unless the sum merely overflowed
+
+
+_NATIVE = object()  # _fused_step's answer when no edit applies to the layer
+_LAYOUTS: dict = {}  # per-row layouts by value (plans, row groups, shape, device, rule), shared by managers
+MAX_SHARED_LAYOUTS = 256
+
+
+class _FusedStep:
+    """:class:`~workbench.kernels.rank_rows.RankRows` on the block's own routing arguments, for the
+    hooks' lean path: the family's choice score, one ``topk``, a ``where`` for the ids and one for
+    the weights (in the block's dtype). Equal to ``RankRows`` followed by the seams' conversion
+    (the weights of a ranked token are ``[weight, 0, ...]`` cast once; the native tokens' weights
+    are the block's own, which float32 and back leaves unchanged); tests compare them."""
+
+    def __init__(self, fused: RankRows, rule):
+        self.mask = fused.mask
+        self.rank = fused.rank
+        self.top = fused.rank + 1
+        self.fused = fused
+        self.softmax = rule.scoring == "softmax"
+        self.rule = rule
+        self._weights: dict = {}  # (k, dtype) -> [1, k] weights of a ranked token
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor, w: torch.Tensor):
+        """``(idx, w)`` ``[T, k]`` of the merged routing, from the router ``logits [T, E]`` and the
+        block's own ``idx``/``w`` (ids as int64, weights in ``w``'s dtype)."""
+        choice = torch.softmax(logits.float(), dim=-1) if self.softmax else choice_scores(logits, self.rule)
+        ranked = torch.topk(choice, self.top, dim=-1)[1][:, self.rank:]
+        key = (w.shape[1], w.dtype)
+        row = self._weights.get(key)
+        if row is None:
+            row = self._weights[key] = self.fused._constants(w.shape[1])[0].to(w.dtype)
+        return torch.where(self.mask, ranked, idx.long()), torch.where(self.mask, row, w)
 
 
 def _positional(frame) -> bool:
@@ -85,6 +123,7 @@ class ProbeManager:
         self._position_handles: list = []
         self._local = threading.local()  # the state of one forward pass, per thread
         self._memos: dict = {}
+        self.lean = True  # the hooks' lean path for fused layouts (False: always the general path)
 
     # -- per-thread forward state --------------------------------------------------------
     def _state(self, name: str) -> dict:
@@ -267,12 +306,19 @@ class ProbeManager:
 
     def _experts_hook(self, layer: int):
         io = self.lm.adapter.router_io
+        fast_io = io == "experts_call"
 
         def hook(module, args, kwargs):
-            hidden, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
-            idx, w = seams.from_experts_args(io, idx_arg, w_arg)
             logits = self._pending_logits.pop(layer)
             listeners = self._listeners.get()
+            if fast_io and self.lean and not listeners and len(args) == 3 and not kwargs:
+                step = self._fused_step(layer, logits)
+                if step is not None:  # native rows + rank rows (SCMoE): the lean fused path
+                    if step is _NATIVE:
+                        return None
+                    return (args[0], *step(logits, args[1], args[2])), {}
+            hidden, idx_arg, w_arg = seams.experts_call_args(args, kwargs)
+            idx, w = seams.from_experts_args(io, idx_arg, w_arg)
             decision, changed = self._decide_native(layer, logits, idx, w, listeners)
             for fn in listeners:
                 fn(layer, logits, decision)
@@ -341,6 +387,26 @@ class ProbeManager:
             memo[layer] = entry
         return entry
 
+    def _fused_step(self, layer: int, logits: torch.Tensor):
+        """The lean form of :meth:`decide` the hooks take when no listener reads the decision:
+        :data:`_NATIVE` when no edit applies to the layer; the layout's :class:`_FusedStep` when
+        the layer's rows are native rows + rows of one ranked expert (SCMoE's weak row) and the
+        layout of this batch shape is built (the router scores are checked finite here); else None
+        (the general path, which builds the layout on its first call)."""
+        entry = self._layer_memo(layer)
+        if not entry["specs"]:
+            return _NATIVE
+        if "plan" in entry:
+            return None
+        num_tokens = logits.shape[0]
+        shape = self._shapes.get(layer, (1, num_tokens))
+        per_row = max(num_tokens // shape[0] if len(shape) > 1 else num_tokens, 1)
+        layout = entry["rows"].get((num_tokens, per_row, logits.device))
+        if layout is None or layout[3] is None:
+            return None
+        check_finite_fast(layer, logits, "router scores")
+        return layout[4]
+
     def decide(self, layer: int, logits: torch.Tensor, native: Decision,
                need_valid: bool = True) -> tuple[Decision, bool]:
         """The routing of one router call under the active edits; ``changed`` False = native.
@@ -369,7 +435,7 @@ class ProbeManager:
             if len(entry["rows"]) >= MAX_LAYOUTS:  # e.g. recording many batch shapes under one edit
                 entry["rows"].clear()
             layout = entry["rows"][key] = self._row_layout(layer, specs, num_tokens, per_row, logits.device, bias)
-        plans, masks, pads, fused = layout
+        plans, masks, pads, fused, _ = layout
         if fused is not None:  # native rows + rows with one ranked expert (SCMoE's weak row)
             return fused(logits, native, self.lm.rule, need_valid), True
         parts = [native if p is None else self._route(layer, logits, p, bias, per_row) for p in plans]
@@ -412,14 +478,27 @@ class ProbeManager:
         keys = [tuple(i for i, s in enumerate(specs) if s.rows is None or row in s.rows) for row in range(num_rows)]
         distinct = list(dict.fromkeys(keys))
         plans = [self.plan_for([specs[i] for i in key], layer) if key else None for key in distinct]
-        group = torch.tensor([distinct.index(key) for key in keys], device=device)
+        groups = tuple(distinct.index(key) for key in keys)
+        # the rest depends only on these values: shared by later edits with equal plans (each SCMoE
+        # generation enters a new edit; its layouts are then found here instead of rebuilt)
+        cache_key = (tuple(None if p is None else tuple(vars(p).items()) for p in plans), groups, num_tokens,
+                     per_row, str(device), bias is None, self.lm.rule)
+        hit = _LAYOUTS.get(cache_key)
+        if hit is not None:
+            return hit
+        group = torch.tensor(groups, device=device)
         group = group.repeat_interleave(per_row)[:num_tokens]
         masks = [(group == j).unsqueeze(1) for j in range(1, len(distinct))]
         rank_plan = fusable(plans, bias)
-        fused = None
+        fused = step = None
         if rank_plan is not None:
             fused = RankRows(masks[0] if plans[0] is None else ~masks[0], rank_plan)
-        return plans, masks, {}, fused
+            step = _FusedStep(fused, self.lm.rule)
+        layout = (plans, masks, {}, fused, step)
+        if len(_LAYOUTS) >= MAX_SHARED_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[cache_key] = layout
+        return layout
 
     def decide_reference(self, layer: int, logits: torch.Tensor, native: Decision) -> tuple[Decision, bool]:
         """The obvious form of :meth:`decide`: no memo; rows are split into groups with the same
