@@ -7,7 +7,7 @@ PY=${1:-.venv/bin/python}
 VLLM_PY=${VLLM_PY:-.venv-vllm/bin/python}
 mkdir -p tests/artifacts
 status=0
-"$PY" -m pytest -q -ra --timeout=900 "${@:2}" || status=$?
+"$PY" -m pytest -q -ra --timeout=900 --durations=15 "${@:2}" || status=$?
 if [[ "${WB_SKIP_VLLM:-0}" != 1 && $# -le 1 ]]; then
   echo "== vLLM tier ($VLLM_PY) =="
   VLLM_ENABLE_V1_MULTIPROCESSING=0 "$VLLM_PY" -m pytest -q -ra --timeout=900 -p no:cacheprovider tests/vllm_tier \

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from test_notebooks import RAN_IN_BROWSER
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -309,3 +311,4 @@ def test_notebook_widgets_render_in_jupyterlab(jupyterlab, name):
     assert buttons >= 2, f"{name}: expected the panel's buttons (run, export), found {buttons}"
     assert empty_before == 0, f"{name}: {empty_before} panel plots were empty before any click"
     assert not overflowing, f"{name}: plots {overflowing} px wide stick out of a {area} px output area"
+    RAN_IN_BROWSER.add(name)  # every cell ran without error: tests/test_notebooks.py need not run it again
