@@ -11,17 +11,12 @@ import pytest
 import workbench as wb
 from workbench import cli
 from workbench.cli import build_parser, main
+from workbench.testing import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from workbench.testing import tiny_model
-
-    model, tokenizer = tiny_model("qwen3_moe")
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_model("qwen3_moe", tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def subcommands(parser=None) -> dict:

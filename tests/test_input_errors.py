@@ -6,16 +6,12 @@ import pytest
 
 import workbench as wb
 from workbench.cli import main as cli_main
+from workbench.testing import save_tiny_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from workbench.testing import tiny_model
-    model, tokenizer = tiny_model("olmoe")
-    path = tmp_path_factory.mktemp("ckpt") / "olmoe"
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model("olmoe", tmp_path_factory.mktemp("ckpt") / "olmoe")
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -134,6 +134,20 @@ def tiny_model(family: str, seed: int = 0, router_scale: float = 30.0):
     return model, tiny_tokenizer()
 
 
+def save_tiny_model(family: str, folder, seed: int = 0):
+    """Save :func:`tiny_model` of ``family`` (safetensors weights, config, tokenizer) in ``folder``.
+
+    Example:
+        >>> import tempfile, workbench as wb
+        >>> wb.load(save_tiny_model("olmoe", tempfile.mkdtemp())).top_k
+        2
+    """
+    model, tokenizer = tiny_model(family, seed=seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 #: widths vLLM's CPU kernels accept (attention heads of 64, hidden 128), per family on top of the tiny config
 _ENGINE_WIDTHS = dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
 _ENGINE_EXTRA = {"qwen3_moe": dict(head_dim=64),
