@@ -87,6 +87,17 @@ def test_wrong_model_paths_are_one_line_errors(capsys, tmp_path, monkeypatch):
                                                                           "no-such-org/no-such-model"])
 
 
+def test_a_hub_id_without_network_fails_at_once_saying_why(capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as on a user's machine: the hub is tried
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    err = _error(capsys, ["info", "--model", "no-such-org/no-such-model"])
+    assert "not in the local hub cache" in err and "http://127.0.0.1:9 cannot be reached" in err
+
+
 @pytest.mark.parametrize("argv", [
     ["record", "--model", "demo", "--texts", "{bad}", "--out", "{out}"],
     ["report", "--texts", "{bad}", "--out", "{out}"],

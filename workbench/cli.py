@@ -328,9 +328,10 @@ def user_errors() -> tuple[type, ...]:
     from workbench.store.files import StoreBusyError
 
     # ValueError covers the library's own (UnsupportedModelError, StoreError, TraceMismatchError, ...);
-    # OSError: missing or unreadable files and folders, hub errors; MemoryError: a refused materialisation.
-    return (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError, StoreBusyError,
-            ChromiumNotFoundError)
+    # OSError: missing or unreadable files and folders, hub errors; MemoryError: a refused materialisation;
+    # NotImplementedError: a setting the workbench refuses (vLLM's data_parallel_size > 1, enable_eplb).
+    return (ValueError, TypeError, KeyError, OSError, ImportError, MemoryError, NotImplementedError,
+            StoreBusyError, ChromiumNotFoundError)
 
 
 def one_line(err: BaseException) -> str:

@@ -319,6 +319,14 @@ def load_config(label: str, path: str, trust_remote_code: bool = False):
     no routed experts."""
     from transformers import AutoConfig
 
+    if not Path(path).expanduser().is_dir():
+        from workbench.hub import unreachable_reason
+
+        reason = unreachable_reason(str(path))
+        if reason:
+            raise FileNotFoundError(f"could not load {label!r}: no local folder of that name, it is not in the local "
+                                    f"hub cache, and {reason}; download it where there is network (or give a "
+                                    "local folder)")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as err:

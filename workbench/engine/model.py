@@ -389,9 +389,11 @@ def load_vllm(source="demo", *, dtype=None, trust_remote_code: bool = False, **e
     config = load_config(label, path, trust_remote_code)
     shadow = shadow_model(config)  # refuses dense and unroutable families before the engine starts
     if shadow.adapter.router_io in ("jetmoe", "switch", "scores_logits") or shadow.hash_layers:
-        raise NotImplementedError(f"the vLLM backend does not route {config.model_type!r} ({shadow.adapter.name}); "
-                                  "supported there: families whose vLLM model uses its fused-MoE layer "
-                                  "(Qwen2/3-MoE, Mixtral, OLMoE, DeepSeek-V2/V3, ...). Use the transformers backend")
+        from workbench.adapters import UnsupportedModelError
+
+        raise UnsupportedModelError(f"the vLLM backend does not route {config.model_type!r} ({shadow.adapter.name}); "
+                                    "supported there: families whose vLLM model uses its fused-MoE layer "
+                                    "(Qwen2/3-MoE, Mixtral, OLMoE, DeepSeek-V2/V3, ...). Use the transformers backend")
     _check_vllm_reads_the_rule(config)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args = dict(ENGINE_DEFAULTS, **engine_args)

@@ -13,7 +13,7 @@ Example:
     >>> from workbench.embeddings import MoEEmbedder
     >>> from workbench.widgets.embeddings import EmbeddingExplorer
     >>> emb = MoEEmbedder(wb.wrap(*tiny_model("mixtral")))
-    >>> ex = EmbeddingExplorer(emb, ["a cat", "a dog", "def f(x): pass"], ["en", "en", "code"])
+    >>> ex = EmbeddingExplorer(emb, ["a cat", "a dog", "def f(x): pass"], ["en", "en", "code"], progress=False)
     >>> ex.query.value = "a cow"
     >>> ex.neighbours_table.label.tolist()[:1] in (["en"], ["code"])
     True
@@ -45,6 +45,7 @@ class EmbeddingExplorer:
         labels: one label per text (colours), or None.
         k: neighbours to list.
         folder: export folder.
+        progress: a ``tqdm.auto`` bar while the texts are embedded (here and on a preset switch).
 
     Attributes:
         alpha, kind, query, k: the controls (set ``.value`` to drive the widget from code).
@@ -52,13 +53,13 @@ class EmbeddingExplorer:
         table, neighbours_table: the current projection coordinates and search result (DataFrames).
     """
 
-    def __init__(self, embedder, texts, labels=None, *, k: int = 5, folder="exports"):
+    def __init__(self, embedder, texts, labels=None, *, k: int = 5, folder="exports", progress: bool = True):
         texts = list(texts)
         if len(texts) < 3:
             raise ValueError("give at least 3 texts to compare")
-        self.embedder, self.texts = embedder, texts
+        self.embedder, self.texts, self.progress = embedder, texts, progress
         self.labels = None if labels is None else [str(x) for x in labels]
-        self.parts = embedder.parts(texts)
+        self.parts = embedder.parts(texts, progress=progress)
         if not embedder.fitted:
             embedder.fit(self.parts)
         self._embedders = {embedder.config.preset: (embedder, self.parts)}
@@ -112,7 +113,7 @@ class EmbeddingExplorer:
         names = {**{v: k for k, v in TEMPLATES.items()}, **{v: k for k, v in MOEE_TEMPLATES.items()}}
         emb = MoEEmbedder(self.embedder.lm, template=names.get(c.template, c.template), layers=c.layers,
                           alpha=c.alpha, batch_size=c.batch_size, max_length=c.max_length, preset=preset)
-        parts = emb.parts(self.texts)
+        parts = emb.parts(self.texts, progress=self.progress)
         if not emb.fitted:
             emb.fit(parts)
         return emb, parts
