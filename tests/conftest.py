@@ -14,7 +14,27 @@ collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm_tier"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+#: under pytest-xdist (scripts/run-tests.sh runs one worker per core) each worker keeps to one thread
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+#: Modules that must run in one worker, in this order: a notebook that ran in JupyterLab
+#: (test_browser) is not run again by papermill (test_notebooks) in the same process.
+SAME_WORKER = {"test_browser.py": "notebooks", "test_notebooks.py": "notebooks"}
+
+if importlib.util.find_spec("xdist"):
+    def pytest_xdist_make_scheduler(config, log):
+        """Under pytest-xdist: one module's tests run in one worker (its module-scoped fixtures, a
+        tiny model, the families matrix or a JupyterLab server, are built once), and the modules of
+        :data:`SAME_WORKER` share a worker."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModule(LoadScopeScheduling):
+            def _split_scope(self, nodeid):
+                module = nodeid.split("::", 1)[0]
+                return SAME_WORKER.get(module.rsplit("/", 1)[-1], module)
+
+        return ByModule(config, log)
 
 
 @functools.lru_cache(maxsize=None)
