@@ -143,6 +143,14 @@ def set_slider(page, description: str, value: int) -> None:
     page.keyboard.press("Enter")
 
 
+def wait_idle(page, path: str) -> None:
+    """Wait until the kernel of the notebook at ``path`` has handled a click: it gets the comm
+    message, is busy with the callback, then idle again."""
+    page.wait_for_timeout(1000)
+    page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)})"
+                           ".sessionContext.session.kernel.status === 'idle'", timeout=300_000)
+
+
 def close_notebook(page, path: str) -> None:
     """Shut the notebook's kernel down, so that the next test has the machine to itself."""
     page.evaluate("async (path) => { const p = (" + FIND_PANEL + ")(path);"

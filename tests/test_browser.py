@@ -25,7 +25,6 @@ import pytest
 
 from lab_page import (
     EMPTY_TITLES,
-    FIND_PANEL,
     open_notebook,
     rendered,
     OVERFLOWING,
@@ -35,6 +34,7 @@ from lab_page import (
     OUTPUT_TEXT,
     kernel_print,
     set_slider,
+    wait_idle,
     close_notebook,
 )
 from test_notebooks import RAN_IN_BROWSER
@@ -223,12 +223,6 @@ PANEL_TEXT = {"02_pruning_skipping.ipynb": "expert calls per token",
               "04_self_contrast.ipynb": "SCMoE tokens differ from what the strong routing"}
 
 
-def wait_idle(page, path: str) -> None:
-    page.wait_for_timeout(1000)  # the kernel gets the comm message, then is busy until idle again
-    page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)})"
-                           ".sessionContext.session.kernel.status === 'idle'", timeout=300_000)
-
-
 def after_clicks(page, path: str, name: str) -> dict:
     """What the page (and, where the page cannot say, the notebook's kernel) shows of each issue-18
     defect of this notebook's panel, after its buttons were clicked."""
@@ -278,9 +272,7 @@ def test_notebook_widgets_render_in_jupyterlab(jupyterlab, name):
                 button = page.locator(".jupyter-widgets button", has_text=label).last
                 button.scroll_into_view_if_needed()
                 button.click()
-                page.wait_for_timeout(1000)  # the kernel is busy with the callback until idle again
-                page.wait_for_function(f"() => ({FIND_PANEL})({json.dumps(path)})"
-                                       ".sessionContext.session.kernel.status === 'idle'", timeout=300_000)
+                wait_idle(page, path)
             empty, plots, tracebacks = rendered(page, sync_api)
             empty_titles = page.evaluate(EMPTY_TITLES)
             shown = after_clicks(page, path, name)
