@@ -136,6 +136,7 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
             path = open_notebook(page, jupyterlab.url, NOTEBOOK.name)
             page.locator(".jp-OutputArea-output", has_text="notebook finished").wait_for(timeout=300_000)
             empty, plots, tracebacks = rendered(page, sync_api)
+            empty_titles = page.evaluate(EMPTY_TITLES)
             widgets = page.locator(".jupyter-widgets").count()
             token_maps = page.evaluate(TOKEN_MAPS)  # the figure cell's and the explorer's
             output_text = page.evaluate(OUTPUT_TEXT)
@@ -175,7 +176,7 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
         finally:
             browser.close()
     assert tracebacks == 0
-    assert empty == 0, (f"{empty} of {plots} plots rendered no data (see the screenshots in {ARTIFACTS}); "
+    assert empty == 0, (f"{empty} of {plots} plots rendered no data: {empty_titles} (screenshots in {ARTIFACTS}); "
                         f"browser console errors: {console[-5:]}")
     assert plots >= 10, f"expected the notebook's figures and widget plots, found {plots} .js-plotly-plot"
     assert widgets >= 5, f"expected ipywidgets controls, found {widgets} .jupyter-widgets nodes"

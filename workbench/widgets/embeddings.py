@@ -33,6 +33,7 @@ import plotly.graph_objects as go
 
 from workbench.embeddings.explore import (available_kinds, heatmap_figure, neighbours, projection_figure,
                                           projections, similarity)
+from workbench.widgets._figures import FigureWidget
 from workbench.widgets.export_bar import ExportBar
 
 
@@ -75,8 +76,8 @@ class EmbeddingExplorer:
         self.results = W.HTML(value="")
         self.neighbours_table = None
         self.table = projections(embedder, self.parts, texts, self.labels, alpha=self.alpha.value)
-        self.projection_fig = go.FigureWidget(projection_figure(self.table))
-        self.heatmap_fig = go.FigureWidget(self._heatmap())
+        self.projection_fig = FigureWidget(projection_figure(self.table))
+        self.heatmap_fig = FigureWidget(self._heatmap())
         self.export_bar = ExportBar(self._export_items, folder=folder, prefix="embeddings_")
         self.alpha.observe(self._on_alpha, names="value")
         self.kind.observe(lambda _: self._update_heatmap(), names="value")

@@ -31,6 +31,7 @@ from workbench.analysis import expert_norm_stats, pair_metrics
 from workbench.analysis.load import as_counts
 from workbench.trace import is_stored
 from workbench.views._style import PALETTE, escape_token, style
+from workbench.widgets._figures import FigureWidget
 from workbench.widgets.export_bar import ExportBar
 
 
@@ -64,7 +65,7 @@ class ExpertCard(W.VBox):
         self.summary = W.HTML()
         self.tokens_html = W.HTML()
         self.norm_html = W.HTML()
-        self.fig = go.FigureWidget(self._empty_figure())
+        self.fig = FigureWidget(self._empty_figure())
         self.export_bar = ExportBar(self.export_items, folder=export_dir, prefix="expert_")
         self.layer.observe(self._update, names="value")
         self.expert.observe(self._update, names="value")

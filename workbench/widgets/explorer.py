@@ -37,6 +37,7 @@ from workbench.views.experts import LOAD_METRICS, load_heatmap
 from workbench.views.tokens import (colour_settings, token_heatmap, token_heatmap_data, token_height, token_ticks,
                                     token_title, token_width)
 from workbench.widgets.context import TokenContext
+from workbench.widgets._figures import FigureWidget
 from workbench.widgets.export_bar import ExportBar
 
 ALL = "(all labels)"
@@ -83,8 +84,8 @@ class RoutingExplorer(W.VBox):
                                description="slot", layout=W.Layout(width="160px"))
         self.context = W.HTML(value="<i>click a cell to list the tokens routed there</i>")
 
-        self.matrix_fig = go.FigureWidget(load_heatmap(self._load_frame(), "load_ratio"))
-        self.token_fig = go.FigureWidget(token_heatmap(trace, 0, max_tokens=max_tokens, counts=self.counts))
+        self.matrix_fig = FigureWidget(load_heatmap(self._load_frame(), "load_ratio"))
+        self.token_fig = FigureWidget(token_heatmap(trace, 0, max_tokens=max_tokens, counts=self.counts))
         # a fixed width (at most 940 px): a FigureWidget without one is drawn 700 px wide, too narrow
         # for a labelled column per token
         self.matrix_fig.data[0].on_click(self._on_matrix_click)

@@ -162,13 +162,8 @@ class PruningPanel(W.VBox):
         self.calibrate_button.on_click(lambda _b: self._safe(self.calibrate))
         self.evaluate_button.on_click(lambda _b: self._safe(self.evaluate))
         self.save_button.on_click(lambda _b: self._safe(self.save_checkpoint))
-        super().__init__([
-            self.preset, W.HBox([self.keep, self.share]),
-            W.HBox([self.method, self.progressive, self.seed, self.run_button]),
-            self.kept_fig, self.loss_fig, self.table,
-            W.HBox([self.calibrate_button, self.beta_scale]), self.skip_fig,
-            W.HBox([self.evaluate_button, self.eval_docs, self.eval_note]), self.ppl_fig, self.ppl_table,
-            W.HBox([self.checkpoint, self.with_beta, self.save_button]), self.status, self.export_bar])
+        # the notebook's results go into the figures before the box is built: the box opens their
+        # comms, and a figure's first message should already hold what it shows
         if result is not None:
             if baselines is None:
                 baselines = self._baselines(result) if given_pruner else []
@@ -178,6 +173,13 @@ class PruningPanel(W.VBox):
             self._show_skipping()
         if quality is not None:
             self.show_evaluation(quality)
+        super().__init__([
+            self.preset, W.HBox([self.keep, self.share]),
+            W.HBox([self.method, self.progressive, self.seed, self.run_button]),
+            self.kept_fig, self.loss_fig, self.table,
+            W.HBox([self.calibrate_button, self.beta_scale]), self.skip_fig,
+            W.HBox([self.evaluate_button, self.eval_docs, self.eval_note]), self.ppl_fig, self.ppl_table,
+            W.HBox([self.checkpoint, self.with_beta, self.save_button]), self.status, self.export_bar])
 
     # -- evaluation sample ---------------------------------------------------------------
     def domains(self) -> dict:

@@ -150,6 +150,11 @@ class SteeringPanel(W.VBox):
         self.preset.observe(lambda _ch: self._select_top() if self.contrast is not None else self._outline(),
                             names="value")
         self.set_a.observe(lambda ch: setattr(self.prompt, "value", self.sets[ch["new"]][0]), names="value")
+        # results first, then the box (it opens the figures' comms with what they show)
+        if contrast is not None:
+            self.show_contrast(contrast)
+        if experiment is not None:
+            self.show_experiment(experiment)
         super().__init__([
             W.HBox([self.set_a, self.set_b, self.measure, self.preset, self.rank_button]), self.table, self.heatmap,
             W.HBox([W.VBox([self.top_n, self.action, self.mode, self.weight]), self.experts]),
@@ -157,10 +162,6 @@ class SteeringPanel(W.VBox):
             self.prompt, W.HBox([self.max_new_tokens, self.generate_button]), self.output,
             W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_fig, self.summary,
             self.status, self.export_bar])
-        if contrast is not None:
-            self.show_contrast(contrast)
-        if experiment is not None:
-            self.show_experiment(experiment)
 
     def _sets_of(self, contrast, a, b):
         """Set A and set B of a computed contrast, as this panel's dropdown values."""
