@@ -14,14 +14,13 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import pytest
 from ipywidgets.widgets import widget as widget_module
+from test_pruning import TEXTS
+from test_pruning_widget import ROWS
 from test_widgets import synthetic_trace
 
 from workbench.widgets import ExpertCard, RoutingExplorer
 from workbench.widgets._figures import FigureWidget
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b",
-         "Der schnelle braune Fuchs springt.", "12 + 34 = 46"]
-ROWS = [{"text": t, "label": label} for t, label in zip(TEXTS, ["en", "code", "de", "math"])]
 
 
 class RecordingComm:
