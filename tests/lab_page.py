@@ -77,7 +77,10 @@ def narrow_to_output_area(page, width: int = OUTPUT_AREA_PX) -> int:
     area = page.evaluate("() => document.querySelector('.jp-OutputArea-output').clientWidth")
     viewport = page.viewport_size
     page.set_viewport_size({"width": max(800, viewport["width"] - (area - width)), "height": viewport["height"]})
-    page.wait_for_timeout(1500)  # FigureWidgets relayout to the new width
+    try:  # FigureWidgets relayout to the new width in the browser; under load that takes a while
+        page.wait_for_function(f"() => {OVERFLOWING}.length === 0", timeout=30_000)
+    except Exception:  # noqa: BLE001 - the caller asserts on OVERFLOWING and names the widths
+        pass
     return page.evaluate("() => document.querySelector('.jp-OutputArea-output').clientWidth")
 
 
