@@ -172,6 +172,9 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
                 with contextlib.suppress(sync_api.TimeoutError):
                     titles.filter(has_text=f"[{chosen.group(1)}]").last.wait_for(timeout=60_000)
             token_title = titles.last.text_content()
+            all_titles = titles.all_text_contents()
+            in_kernel = kernel_print(page, path, "print(explorer.doc.value, explorer.start.value, "
+                                     "explorer.token_fig.layout.title.text, explorer.token_fig._view_count)")
             empty_after, _, _ = rendered(page, sync_api)
             area = narrow_to_output_area(page)
             overflowing = page.evaluate(OVERFLOWING)
@@ -187,7 +190,9 @@ def test_routing_notebook_renders_plots_and_widgets(jupyterlab):
     assert plots >= 10, f"expected the notebook's figures and widget plots, found {plots} .js-plotly-plot"
     assert widgets >= 5, f"expected ipywidgets controls, found {widgets} .jupyter-widgets nodes"
     assert clamped < 99999 and empty_after == 0, f"'from token' took {clamped} and left {empty_after} empty plots"
-    assert chosen is None or f"[{chosen.group(1)}]" in token_title, (options[:2], token_title)
+    assert chosen is None or f"[{chosen.group(1)}]" in token_title, (
+        f"the page shows {token_title!r} after choosing {options[1]!r}; every token-map title: {all_titles}; "
+        f"the kernel's explorer (doc, start, title, views): {in_kernel!r}; console errors: {console[-5:]}")
     assert not overflowing, f"plots {overflowing} px wide stick out of a {area} px output area"
     # issue 18: the token heatmap labels every token it shows and writes every expert id in its cell,
     # on flat colour bands (categories), not a continuous scale

@@ -10,6 +10,9 @@ ipywidgets sends (a recording ``comm.create_comm``), with real panels on a real 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import ipywidgets as W
 import plotly.graph_objects as go
 import pytest
@@ -19,8 +22,7 @@ from test_pruning_widget import ROWS
 from test_widgets import synthetic_trace
 
 from workbench.widgets import ExpertCard, RoutingExplorer
-from workbench.widgets._figures import FigureWidget
-
+from workbench.widgets._figures import FigureSlot, FigureWidget
 
 
 class RecordingComm:
@@ -42,7 +44,9 @@ class RecordingComm:
         pass
 
     def close(self, *args, **kwargs):
-        pass
+        self.closed = True
+
+    closed = False
 
 
 @pytest.fixture
@@ -111,3 +115,54 @@ def test_a_shown_figure_sends_later_edits_as_messages(comms):
     assert any("_py2js_relayout" in m.get("state", {}) or "_py2js_update" in m.get("state", {})
                for m in fig.comm.sent if m)
     assert box.children[0] is fig
+
+
+def test_a_slot_redraws_a_shown_figure_as_a_new_widget_opened_whole(comms):
+    """A shown view may miss a one-off edit message for good (under CPU load the explorer's token map
+    stayed on its first document); a slot's redraw is a new model whose first state holds it."""
+    slot = FigureSlot(go.Figure(go.Bar(y=[1, 2]), layout={"title": "before"}))
+    W.VBox([slot])._repr_mimebundle_()
+    first, first_comm = slot.figure, slot.figure.comm
+    assert title(first_state(comms, first)["_widget_layout"]) == "before"
+    with slot.edit() as fig:
+        fig.layout.title.text = "after"
+        fig.data[0].y = (3, 4)
+    second = slot.figure
+    assert second is not first and first_comm.closed and first.comm is None  # the old model is gone
+    assert_opened_whole(comms, second)
+    assert title(first_state(comms, second)["_widget_layout"]) == "after"
+    assert first_state(comms, second)["_widget_data"][0]["y"] == [3, 4]
+    # the box's children now name the new model (so the browser swaps the view)
+    box_state = [m["state"] for m in slot.comm.sent if m and "children" in m.get("state", {})]
+    assert box_state and box_state[-1]["children"] == [f"IPY_MODEL_{second.model_id}"]
+    with pytest.raises(RuntimeError), slot.edit() as fig:  # an error inside leaves the figure as it was
+        fig.layout.title.text = "half done"
+        raise RuntimeError("boom")
+    assert slot.figure is second and second.layout.title.text == "after"
+
+
+def test_explorer_document_change_shows_a_new_token_map_with_the_new_label(comms):
+    trace = synthetic_trace()
+    explorer = RoutingExplorer(trace)
+    explorer._repr_mimebundle_()
+    shown, shown_comm = explorer.token_fig, explorer.token_fig.comm
+    clicks = explorer.token_fig.data[0]._click_callbacks
+    explorer.doc.value = 1
+    new = explorer.token_fig
+    assert new is not shown and shown_comm.closed
+    assert "document 1" in title(first_state(comms, new)["_widget_layout"])
+    assert new.data[0]._click_callbacks and len(new.data[0]._click_callbacks) == len(clicks)
+
+
+def test_a_slot_lets_the_widgets_it_no_longer_shows_go():
+    """anywidget ties a widget whose front end is a watched file to that file's change signal, for
+    good; a slot makes a widget per redraw, so each one it drops must be freed."""
+    slot = FigureSlot(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+    dropped = []
+    for step in range(5):
+        dropped.append(weakref.ref(slot.figure))
+        with slot.edit() as fig:
+            fig.layout.title.text = f"step {step}"
+    gc.collect()
+    assert [ref() for ref in dropped] == [None] * 5
+    assert slot.figure.layout.title.text == "step 4"

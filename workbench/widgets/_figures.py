@@ -1,28 +1,25 @@
-"""Figure plumbing shared by the panels: a ``FigureWidget`` that reaches the browser whole, a
-placeholder that says which button fills it, and the swap of a widget's content for a view's figure.
+"""Figure plumbing shared by the panels: a ``FigureWidget`` that reaches the browser whole, a slot
+that redraws by showing a new widget, and a placeholder that says which button fills a slot.
 
 Example:
     >>> import plotly.graph_objects as go
     >>> from workbench.widgets._figures import placeholder, set_figure
-    >>> widget = placeholder("press Run")
-    >>> widget.layout.annotations[0].text
+    >>> slot = placeholder("press Run")
+    >>> slot.figure.layout.annotations[0].text
     'press Run'
-    >>> set_figure(widget, go.Figure(go.Bar(y=[1, 2]), layout={"title": "bars"}))
-    >>> widget.layout.title.text, len(widget.layout.annotations)
-    ('bars', 0)
+    >>> widget = set_figure(slot, go.Figure(go.Bar(y=[1, 2]), layout={"title": "bars"}))
+    >>> widget is slot.figure, widget.layout.title.text, len(widget.layout.annotations)
+    (True, 'bars', 0)
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from copy import deepcopy
+from typing import Callable, Iterator
 
+import ipywidgets as W
 import plotly.graph_objects as go
-
-#: what a placeholder sets, reset in the browser before its first real figure (a layout assignment
-#: is sent as a relayout of the new keys only, so the placeholder's keys would otherwise stay)
-PLACEHOLDER_RESET = {"annotations": [], "height": None, "plot_bgcolor": None, "xaxis.visible": None,
-                     "yaxis.visible": None}
-
 
 class FigureWidget(go.FigureWidget):
     """A ``go.FigureWidget`` whose browser model starts with the whole figure.
@@ -41,6 +38,11 @@ class FigureWidget(go.FigureWidget):
         >>> fig.comm is None
         True
     """
+
+    # plotly's front end as text, not as anywidget's watched file: for a watched file anywidget ties
+    # every instance to the file's change signal (for hot reload), which keeps each widget alive for
+    # good; a slot makes a widget per redraw, so that was a leak of every figure ever shown
+    _esm = str(go.FigureWidget._esm)
 
     def __init__(self, *args, **kwargs):
         self._defer_open = True  # ipywidgets' constructor calls open(); wait for the first use
@@ -66,22 +68,86 @@ class FigureWidget(go.FigureWidget):
         return super()._repr_mimebundle_(*args, **kwargs)
 
 
-def placeholder(text: str) -> FigureWidget:
+class FigureSlot(W.Box):
+    """The place of one figure in a panel; every redraw shows a new :class:`FigureWidget`.
+
+    plotly sends an edit of a shown ``FigureWidget`` as a one-off message that a view applies only if
+    it is listening when the message arrives; the browser keeps no record of it, and nothing redraws a
+    view that missed one. Under CPU load the routing explorer's token map stayed on its first document
+    for good while the kernel held the new one and every other control had updated
+    (``tests/test_browser.py`` caught it). A new widget is drawn from its whole first state, which
+    always arrives, so a slot swaps in a fresh widget for each redraw and closes the old one.
+
+    Args:
+        figure: what the slot shows first.
+        on_click: called as plotly's ``on_click(trace, points, state)`` for a click on the first
+            trace, on every widget the slot shows.
+
+    Example:
+        >>> slot = FigureSlot(go.Figure(go.Bar(y=[1, 2]), layout={"title": "before"}))
+        >>> first = slot.figure
+        >>> with slot.edit() as fig:
+        ...     fig.layout.title.text = "after"
+        >>> slot.figure is first, slot.figure.layout.title.text, slot.children == (slot.figure,)
+        (False, 'after', True)
+    """
+
+    def __init__(self, figure: go.Figure, *, on_click: Callable | None = None):
+        self._on_click = on_click
+        super().__init__([self._widget(figure)])
+
+    @property
+    def figure(self) -> FigureWidget:
+        """The widget shown now (read it; to change it, use :meth:`show` or :meth:`edit`)."""
+        return self.children[0]
+
+    def _widget(self, figure: go.Figure) -> FigureWidget:
+        widget = FigureWidget(figure)
+        if self._on_click is not None and widget.data:
+            widget.data[0].on_click(self._on_click)
+        return widget
+
+    def show(self, figure: go.Figure) -> FigureWidget:
+        """Show ``figure`` (a copy of it, as a new widget) in place of the current one."""
+        return self._swap(self._widget(figure))
+
+    @contextmanager
+    def edit(self) -> Iterator[FigureWidget]:
+        """Edit a copy of the shown figure; the copy is shown when the block ends without an error.
+
+        The copy is a new widget that nothing shows yet, so the edits stay in Python (one batch)
+        until the swap sends it whole.
+        """
+        new = self._widget(self.figure)
+        with new.batch_update():
+            yield new
+        self._swap(new)
+
+    def _swap(self, new: FigureWidget) -> FigureWidget:
+        old = self.figure
+        self.children = (new,)
+        old.close()
+        return new
+
+
+def shown_in(slot: str, doc: str) -> property:
+    """A read-only attribute: the ``FigureWidget`` that the panel's :class:`FigureSlot` ``slot`` shows now."""
+    return property(lambda panel: getattr(panel, slot).figure, doc=doc)
+
+
+def placeholder_figure(text: str) -> go.Figure:
     """An empty figure that says which button fills it (instead of bare default axes)."""
-    widget = FigureWidget(layout=go.Layout(
+    return go.Figure(layout=go.Layout(
         height=160, xaxis={"visible": False}, yaxis={"visible": False}, plot_bgcolor="white",
         annotations=[{"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
                       "font": {"size": 14, "color": "#555"}}]))
-    widget._workbench_placeholder = True
-    return widget
 
 
-def set_figure(widget: FigureWidget, fig: go.Figure) -> None:
-    """Replace the traces and layout of ``widget`` by those of ``fig``."""
-    if getattr(widget, "_workbench_placeholder", False):
-        widget.plotly_relayout(PLACEHOLDER_RESET)
-        widget._workbench_placeholder = False
-    with widget.batch_update():
-        widget.data = []
-        widget.add_traces(fig.data)
-        widget.layout = fig.layout
+def placeholder(text: str) -> FigureSlot:
+    """A slot that shows :func:`placeholder_figure` until :func:`set_figure` fills it."""
+    return FigureSlot(placeholder_figure(text))
+
+
+def set_figure(slot: FigureSlot, fig: go.Figure) -> FigureWidget:
+    """Show ``fig`` in ``slot`` (as a new widget: see :class:`FigureSlot`); returns that widget."""
+    return slot.show(fig)

@@ -33,7 +33,7 @@ import plotly.graph_objects as go
 
 from workbench.embeddings.explore import (available_kinds, heatmap_figure, neighbours, projection_figure,
                                           projections, similarity)
-from workbench.widgets._figures import FigureWidget
+from workbench.widgets._figures import FigureSlot, shown_in
 from workbench.widgets.export_bar import ExportBar
 
 
@@ -76,8 +76,8 @@ class EmbeddingExplorer:
         self.results = W.HTML(value="")
         self.neighbours_table = None
         self.table = projections(embedder, self.parts, texts, self.labels, alpha=self.alpha.value)
-        self.projection_fig = FigureWidget(projection_figure(self.table))
-        self.heatmap_fig = FigureWidget(self._heatmap())
+        self.projection_slot = FigureSlot(projection_figure(self.table))  # a new widget per redraw
+        self.heatmap_slot = FigureSlot(self._heatmap())
         self.export_bar = ExportBar(self._export_items, folder=folder, prefix="embeddings_")
         self.alpha.observe(self._on_alpha, names="value")
         self.kind.observe(lambda _: self._update_heatmap(), names="value")
@@ -85,11 +85,15 @@ class EmbeddingExplorer:
         self.query.observe(lambda _: self.search(), names="value")
         self.k.observe(lambda _: self.search() if self.query.value.strip() else None, names="value")
         self.widget = W.VBox([
-            self.title, W.HBox([self.preset, self.alpha]), self.projection_fig,
+            self.title, W.HBox([self.preset, self.alpha]), self.projection_slot,
             W.HBox([self.kind, self.query, self.k]),  # one row of controls: the panel stays ~940 px wide
-            self.heatmap_fig, self.results,
+            self.heatmap_slot, self.results,
             self.export_bar,
         ])
+
+    projection_fig = shown_in("projection_slot", "The projections shown now (``go.FigureWidget``).")
+
+    heatmap_fig = shown_in("heatmap_slot", "The similarity heatmap shown now.")
 
     # -- updates -------------------------------------------------------------------------
     def _heatmap(self) -> go.Figure:
@@ -100,9 +104,9 @@ class EmbeddingExplorer:
 
     def _update_heatmap(self) -> None:
         new = self._heatmap()
-        with self.heatmap_fig.batch_update():
-            self.heatmap_fig.data[0].z = new.data[0].z
-            self.heatmap_fig.layout.title.text = new.layout.title.text
+        with self.heatmap_slot.edit() as fig:
+            fig.data[0].z = new.data[0].z
+            fig.layout.title.text = new.layout.title.text
 
     def _twin(self, preset):
         """The embedder of ``preset`` with this one's model, template, layers and batching."""
@@ -131,8 +135,8 @@ class EmbeddingExplorer:
     def _on_alpha(self, _change) -> None:
         self.table = projections(self.embedder, self.parts, self.texts, self.labels, alpha=self.alpha.value)
         new = projection_figure(self.table)
-        with self.projection_fig.batch_update():
-            for old, fresh in zip(self.projection_fig.data, new.data):
+        with self.projection_slot.edit() as fig:
+            for old, fresh in zip(fig.data, new.data):
                 old.x, old.y = fresh.x, fresh.y
         if self.kind.value == "sum":
             self._update_heatmap()

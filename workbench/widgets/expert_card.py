@@ -31,7 +31,7 @@ from workbench.analysis import expert_norm_stats, pair_metrics
 from workbench.analysis.load import as_counts
 from workbench.trace import is_stored
 from workbench.views._style import PALETTE, escape_token, style
-from workbench.widgets._figures import FigureWidget
+from workbench.widgets._figures import FigureSlot, shown_in
 from workbench.widgets.export_bar import ExportBar
 
 
@@ -65,14 +65,16 @@ class ExpertCard(W.VBox):
         self.summary = W.HTML()
         self.tokens_html = W.HTML()
         self.norm_html = W.HTML()
-        self.fig = FigureWidget(self._empty_figure())
+        self.fig_slot = FigureSlot(self._empty_figure())  # a new widget per redraw: see FigureSlot
         self.export_bar = ExportBar(self.export_items, folder=export_dir, prefix="expert_")
         self.layer.observe(self._update, names="value")
         self.expert.observe(self._update, names="value")
         self._update()
-        super().__init__([W.HBox([self.layer, self.expert]), self.summary, self.fig,
+        super().__init__([W.HBox([self.layer, self.expert]), self.summary, self.fig_slot,
                           W.HBox([self.tokens_html, self.norm_html], layout=W.Layout(grid_gap="24px")),
                           self.export_bar])
+
+    fig = shown_in("fig_slot", "The card's figure shown now (``go.FigureWidget``).")
 
     # -- precomputation -----------------------------------------------------------------
     def _norm_setup(self, norms) -> None:
@@ -161,17 +163,17 @@ class ExpertCard(W.VBox):
             + (f"; most of all label <b>{html.escape(str(best.label))}</b> ({best.share:.1%} of its tokens)"
                if best is not None else ""))
         hist = self.norm_hist.get(layer)
-        with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = [escape_token(x) for x in labels.label], labels.share
-            self.fig.data[1].x = [escape_token(x) for x in labels.label]
-            self.fig.data[1].y = [c.uniform] * len(labels)
-            self.fig.data[2].x, self.fig.data[2].y = co.b, co.p_b_given_a
+        with self.fig_slot.edit() as fig:
+            fig.data[0].x, fig.data[0].y = [escape_token(x) for x in labels.label], labels.share
+            fig.data[1].x = [escape_token(x) for x in labels.label]
+            fig.data[1].y = [c.uniform] * len(labels)
+            fig.data[2].x, fig.data[2].y = co.b, co.p_b_given_a
             if hist is not None:
                 row = hist[expert]
-                self.fig.data[3].x, self.fig.data[3].y = list(range(len(row))), row / max(row.sum(), 1)
+                fig.data[3].x, fig.data[3].y = list(range(len(row))), row / max(row.sum(), 1)
             else:
-                self.fig.data[3].x, self.fig.data[3].y = [], []
-            self.fig.layout.title.text = f"Expert {expert} at layer {layer}"
+                fig.data[3].x, fig.data[3].y = [], []
+            fig.layout.title.text = f"Expert {expert} at layer {layer}"
         self.tokens_html.value = self._tokens_html()
         self.norm_html.value = self._norm_html(layer, expert)
 

@@ -37,7 +37,7 @@ from workbench.views.experts import LOAD_METRICS, load_heatmap
 from workbench.views.tokens import (colour_settings, token_heatmap, token_heatmap_data, token_height, token_ticks,
                                     token_title, token_width)
 from workbench.widgets.context import TokenContext
-from workbench.widgets._figures import FigureWidget
+from workbench.widgets._figures import FigureSlot, shown_in
 from workbench.widgets.export_bar import ExportBar
 
 ALL = "(all labels)"
@@ -59,8 +59,9 @@ class RoutingExplorer(W.VBox):
 
     Attributes (controls; set ``.value`` to drive the explorer from code):
         layers, label, metric, doc, start (bounded to the chosen document: 0 to its last position;
-        it steps by a window), rank; ``window`` (which tokens are shown, of how many); figures ``matrix_fig`` and ``token_fig``
-        (``go.FigureWidget``); ``context`` (HTML of the clicked cell); ``export_bar``.
+        it steps by a window), rank; ``window`` (which tokens are shown, of how many); figures
+        ``matrix_fig`` and ``token_fig`` (``go.FigureWidget``, a new one per redraw, in
+        ``matrix_slot`` and ``token_slot``); ``context`` (HTML of the clicked cell); ``export_bar``.
     """
 
     def __init__(self, trace, *, max_tokens: int = 64, export_dir="exports", counts=None):
@@ -84,12 +85,12 @@ class RoutingExplorer(W.VBox):
                                description="slot", layout=W.Layout(width="160px"))
         self.context = W.HTML(value="<i>click a cell to list the tokens routed there</i>")
 
-        self.matrix_fig = FigureWidget(load_heatmap(self._load_frame(), "load_ratio"))
-        self.token_fig = FigureWidget(token_heatmap(trace, 0, max_tokens=max_tokens, counts=self.counts))
-        # a fixed width (at most 940 px): a FigureWidget without one is drawn 700 px wide, too narrow
-        # for a labelled column per token
-        self.matrix_fig.data[0].on_click(self._on_matrix_click)
-        self.token_fig.data[0].on_click(self._on_token_click)
+        # each redraw shows a new widget (FigureSlot says why); the token map has a fixed width (at
+        # most 940 px): a FigureWidget without one is drawn 700 px wide, too narrow for a labelled
+        # column per token
+        self.matrix_slot = FigureSlot(load_heatmap(self._load_frame(), "load_ratio"), on_click=self._on_matrix_click)
+        self.token_slot = FigureSlot(token_heatmap(trace, 0, max_tokens=max_tokens, counts=self.counts),
+                                     on_click=self._on_token_click)
         self.export_bar = ExportBar(self.export_items, folder=export_dir, prefix="routing_")
 
         for control in (self.layers, self.label, self.metric):
@@ -101,9 +102,13 @@ class RoutingExplorer(W.VBox):
         self._update_matrix()
         self._update_tokens()
         super().__init__([
-            W.HBox([self.layers, W.VBox([self.label, self.metric])]), self.matrix_fig,
-            W.HBox([self.doc, self.start, self.window, self.rank]), self.token_fig,
+            W.HBox([self.layers, W.VBox([self.label, self.metric])]), self.matrix_slot,
+            W.HBox([self.doc, self.start, self.window, self.rank]), self.token_slot,
             self.context, self.export_bar])
+
+    matrix_fig = shown_in("matrix_slot", "The layer × expert map shown now (``go.FigureWidget``).")
+
+    token_fig = shown_in("token_slot", "The token × layer map shown now (``go.FigureWidget``).")
 
     # -- data ---------------------------------------------------------------------------
     def _doc_length(self, doc: int) -> int:
@@ -160,17 +165,17 @@ class RoutingExplorer(W.VBox):
         z, tokens, layers = self.metric_matrix()
         name = METRIC_LABELS[self.metric.value]
         what = "all tokens" if self.label.value == ALL else f"label {self.label.value}"
-        with self.matrix_fig.batch_update():
-            hm = self.matrix_fig.data[0]
+        with self.matrix_slot.edit() as fig:
+            hm = fig.data[0]
             hm.z, hm.y, hm.customdata = z, layers, tokens
             hm.colorbar.title.text = name
             hm.colorscale = RATIO if self.metric.value in ("load_ratio", "lift") else SEQUENTIAL
             hm.hovertemplate = ("layer %{y}, expert %{x}<br>" + name + ": %{z:.3f}<br>tokens: %{customdata}"
                                 "<extra></extra>")
-            self.matrix_fig.layout.title.text = escape_token(f"{name} per layer and expert ({what})")
-            self.matrix_fig.layout.yaxis.tickvals = layers
-            self.matrix_fig.layout.yaxis.ticktext = [str(x) for x in layers]
-            self.matrix_fig.layout.height = max(280, 90 + 26 * len(layers))
+            fig.layout.title.text = escape_token(f"{name} per layer and expert ({what})")
+            fig.layout.yaxis.tickvals = layers
+            fig.layout.yaxis.ticktext = [str(x) for x in layers]
+            fig.layout.height = max(280, 90 + 26 * len(layers))
 
     def _doc_changed(self, change=None) -> None:
         """A new document: bound "from token" to its length (back to its start), then redraw."""
@@ -184,13 +189,13 @@ class RoutingExplorer(W.VBox):
         doc, start = self.doc.value, min(int(self.start.value), self._last_start(self.doc.value))
         data = token_heatmap_data(self.trace, doc, layers=layers, start=start,
                                   max_tokens=self.max_tokens, rank=self.rank.value, counts=self.counts)
-        with self.token_fig.batch_update():
-            hm = self.token_fig.data[0]
+        with self.token_slot.edit() as fig:
+            hm = fig.data[0]
             hm.z, hm.x, hm.y, hm.hovertext = data["z"], data["x"], data["y"], data["hovertext"]
             colours = colour_settings(self.trace.num_experts, self.rank.value, len(data["y"]))
             if "colorbar" in colours:
                 hm.colorbar.update(colours["colorbar"])
-            lay = self.token_fig.layout
+            lay = fig.layout
             lay.xaxis.update(token_ticks(data["x"], data["ticktext"]))
             lay.yaxis.tickvals, lay.yaxis.ticktext = data["y"], [str(x) for x in data["y"]]
             lay.height = token_height(len(data["y"]), len(data["x"]))

@@ -47,9 +47,9 @@ import html
 import ipywidgets as W
 
 from workbench import pruning
-from workbench.widgets._figures import PLACEHOLDER_RESET as _PLACEHOLDER_RESET  # noqa: F401
 from workbench.widgets._figures import placeholder as _placeholder
 from workbench.widgets._figures import set_figure as _set_figure
+from workbench.widgets._figures import shown_in
 from workbench.widgets.export_bar import ExportBar
 
 NARROW = {"description_width": "90px"}
@@ -132,13 +132,13 @@ class PruningPanel(W.VBox):
         self.progressive = W.Checkbox(value=False, description="progressive")
         self.seed = W.IntText(value=0, description="seed", style=NARROW, layout=W.Layout(width="160px"))
         self.run_button = W.Button(description="Prune", icon="scissors", button_style="primary")
-        self.kept_fig = _placeholder("press Prune: the experts each layer keeps")
-        self.loss_fig = _placeholder("press Prune: the loss per layer against the baselines")
+        self.kept_slot = _placeholder("press Prune: the experts each layer keeps")
+        self.loss_slot = _placeholder("press Prune: the loss per layer against the baselines")
         self.table = W.HTML()
         self.calibrate_button = W.Button(description="Calibrate β", icon="sliders")
         self.beta_scale = W.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.05, description="β scale", style=NARROW,
                                         continuous_update=False)
-        self.skip_fig = _placeholder("press Calibrate β: thresholds and skip rates per layer")
+        self.skip_slot = _placeholder("press Calibrate β: thresholds and skip rates per layer")
         self.evaluate_button = W.Button(description="Evaluate", icon="bar-chart", button_style="warning")
         domains = self.domains()
         most = max(domains.values(), default=1)
@@ -146,7 +146,7 @@ class PruningPanel(W.VBox):
         self.eval_docs = W.BoundedIntText(value=min(per_domain, most), min=1, max=most, description="docs per domain",
                                           style={"description_width": "110px"}, layout=W.Layout(width="200px"))
         self.eval_note = W.HTML(value=self._domain_note())
-        self.ppl_fig = _placeholder("press Evaluate: held-out perplexity per domain")
+        self.ppl_slot = _placeholder("press Evaluate: held-out perplexity per domain")
         self.ppl_table = W.HTML()
         self.checkpoint = W.Text(value=f"{folder}/pruned_checkpoint", description="checkpoint", style=NARROW,
                                  layout=W.Layout(width="420px"))
@@ -176,10 +176,19 @@ class PruningPanel(W.VBox):
         super().__init__([
             self.preset, W.HBox([self.keep, self.share]),
             W.HBox([self.method, self.progressive, self.seed, self.run_button]),
-            self.kept_fig, self.loss_fig, self.table,
-            W.HBox([self.calibrate_button, self.beta_scale]), self.skip_fig,
-            W.HBox([self.evaluate_button, self.eval_docs, self.eval_note]), self.ppl_fig, self.ppl_table,
+            self.kept_slot, self.loss_slot, self.table,
+            W.HBox([self.calibrate_button, self.beta_scale]), self.skip_slot,
+            W.HBox([self.evaluate_button, self.eval_docs, self.eval_note]), self.ppl_slot, self.ppl_table,
             W.HBox([self.checkpoint, self.with_beta, self.save_button]), self.status, self.export_bar])
+
+    # -- figures (each slot shows a new widget per redraw: see FigureSlot) ---------------
+    kept_fig = shown_in("kept_slot", "The experts each layer keeps (``go.FigureWidget``).")
+
+    loss_fig = shown_in("loss_slot", "The loss per layer against the baselines.")
+
+    skip_fig = shown_in("skip_slot", "Skipping thresholds and skip rates per layer.")
+
+    ppl_fig = shown_in("ppl_slot", "Held-out perplexity per domain.")
 
     # -- evaluation sample ---------------------------------------------------------------
     def domains(self) -> dict:
@@ -261,8 +270,8 @@ class PruningPanel(W.VBox):
         self.progressive.value = bool(result.progressive)
         if isinstance(result.settings.get("seed"), int):
             self.seed.value = result.settings["seed"]
-        _set_figure(self.kept_fig, result.plot())
-        _set_figure(self.loss_fig, pruning.loss_plot([result, *self.baselines]))
+        _set_figure(self.kept_slot, result.plot())
+        _set_figure(self.loss_slot, pruning.loss_plot([result, *self.baselines]))
         frame = result.to_dataframe()[["layer", "search", "kept", "loss", "relative_loss", "evaluated", "seconds"]]
         units = result.settings.get("units") or self.pruner.describe_units()
         self.table.value = (f"<p>calibration: {html.escape(str(units))}</p>"
@@ -278,7 +287,7 @@ class PruningPanel(W.VBox):
 
     def _show_skipping(self) -> None:
         if self.calibration is not None:
-            _set_figure(self.skip_fig, self.calibration.plot(float(self.beta_scale.value)))
+            _set_figure(self.skip_slot, self.calibration.plot(float(self.beta_scale.value)))
 
     def evaluate(self):
         """Perplexity per domain and expert calls: original, pruned, original with skipping."""
@@ -300,7 +309,7 @@ class PruningPanel(W.VBox):
     def show_evaluation(self, table) -> None:
         """Show a :func:`~workbench.pruning.compare` table: perplexity per domain, calls per token."""
         self.evaluation_table = table
-        _set_figure(self.ppl_fig, pruning.ppl_plot(table[table.domain != "mean"]))
+        _set_figure(self.ppl_slot, pruning.ppl_plot(table[table.domain != "mean"]))
         wide = pruning.ppl_table(table)
         calls = table[table.domain == "mean"].set_index("condition").calls_per_token
         self.ppl_table.value = (wide.to_html(float_format=lambda v: f"{v:.2f}")

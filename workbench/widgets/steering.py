@@ -44,7 +44,7 @@ import ipywidgets as W
 
 from workbench import steering
 from workbench.steering.plot import outline_shapes
-from workbench.widgets._figures import placeholder, set_figure
+from workbench.widgets._figures import placeholder, set_figure, shown_in
 from workbench.widgets.export_bar import ExportBar
 
 REST = "(all other sets)"
@@ -116,7 +116,7 @@ class SteeringPanel(W.VBox):
                                       continuous_update=False, style=NARROW)
         self.rank_button = W.Button(description="Rank experts", icon="sort-amount-desc", button_style="primary")
         self.table = W.HTML(value="<i>press Rank experts</i>")
-        self.heatmap = placeholder("press Rank experts: the layer × expert contrast of set A against set B")
+        self.heatmap_slot = placeholder("press Rank experts: the layer × expert contrast of set A against set B")
         self.top_n = W.IntSlider(value=0, min=0, max=len(lm.moe_layers) * lm.num_experts // 2,
                                  description="top-N", continuous_update=False, style=NARROW)
         self.experts = W.SelectMultiple(options=[], description="experts", rows=8, style=NARROW,
@@ -135,7 +135,7 @@ class SteeringPanel(W.VBox):
         self.seeds = W.IntSlider(value=3, min=1, max=10, description="random seeds", style=NARROW)
         self.run_button = W.Button(description="Run experiment", icon="flask", button_style="warning")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="300px"))
-        self.experiment_fig = placeholder("press Run experiment: the behaviour rate per condition")
+        self.experiment_slot = placeholder("press Run experiment: the behaviour rate per condition")
         self.summary = W.HTML(value="")
         self.status = W.HTML(value="")
         self.export_bar = ExportBar(self.export_items, folder=folder, prefix="steering_")
@@ -156,12 +156,17 @@ class SteeringPanel(W.VBox):
         if experiment is not None:
             self.show_experiment(experiment)
         super().__init__([
-            W.HBox([self.set_a, self.set_b, self.measure, self.preset, self.rank_button]), self.table, self.heatmap,
+            W.HBox([self.set_a, self.set_b, self.measure, self.preset, self.rank_button]), self.table,
+            self.heatmap_slot,
             W.HBox([W.VBox([self.top_n, self.action, self.mode, self.weight]), self.experts]),
             W.HBox([self.activate_n, self.activate]),
             self.prompt, W.HBox([self.max_new_tokens, self.generate_button]), self.output,
-            W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_fig, self.summary,
+            W.HBox([self.seeds, self.run_button, self.progress]), self.experiment_slot, self.summary,
             self.status, self.export_bar])
+
+    heatmap = shown_in("heatmap_slot", "The layer × expert contrast of set A against set B, selected "
+                                       "experts outlined (``go.FigureWidget``).")
+    experiment_fig = shown_in("experiment_slot", "The behaviour rate per condition of the last experiment.")
 
     def _sets_of(self, contrast, a, b):
         """Set A and set B of a computed contrast, as this panel's dropdown values."""
@@ -210,7 +215,7 @@ class SteeringPanel(W.VBox):
                                  if r.risk_diff < 0]
         table = contrast.table
         self.table.value = _table_html(table)
-        set_figure(self.heatmap, contrast.plot())
+        set_figure(self.heatmap_slot, contrast.plot())
         self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}  rd={r.risk_diff:+.3f}",
                                  (int(r.layer), int(r.expert))) for r in table.itertuples()]
         if self.top_n.value == 0:
@@ -222,7 +227,7 @@ class SteeringPanel(W.VBox):
     def show_experiment(self, experiment) -> None:
         """Show a finished experiment: the bar chart and the summary."""
         self.experiment = experiment
-        set_figure(self.experiment_fig, experiment.plot())
+        set_figure(self.experiment_slot, experiment.plot())
         self.summary.value = "<pre>" + html.escape("\n".join(experiment.report_lines())) + "</pre>"
 
     def _outline(self, _change=None) -> None:
@@ -230,7 +235,8 @@ class SteeringPanel(W.VBox):
         if self.contrast is None:
             return
         on = self.activated if self.preset.value == "steermoe" else []
-        self.heatmap.layout.shapes = outline_shapes(self.contrast.layers, self.selected, on)
+        with self.heatmap_slot.edit() as fig:
+            fig.layout.shapes = outline_shapes(self.contrast.layers, self.selected, on)
 
     def _select_top(self, _change=None) -> None:
         """Preselect the top-N (by the method's ranking) and, for SteerMoE, set B's experts to switch on."""
