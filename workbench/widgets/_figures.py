@@ -14,12 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from copy import deepcopy
 from typing import Callable, Iterator
 
 import ipywidgets as W
 import plotly.graph_objects as go
+
 
 class FigureWidget(go.FigureWidget):
     """A ``go.FigureWidget`` whose browser model starts with the whole figure.
@@ -50,6 +51,11 @@ class FigureWidget(go.FigureWidget):
             super().__init__(*args, **kwargs)
         finally:
             self._defer_open = False
+
+    def __del__(self):
+        # at interpreter exit ipywidgets' registry may be gone before the last widgets are freed
+        with suppress(AttributeError, TypeError):
+            super().__del__()
 
     def open(self) -> None:
         if getattr(self, "_defer_open", False) or self.comm is not None:
