@@ -71,12 +71,16 @@ def test_pruned_checkpoint_reloads_in_plain_transformers_with_the_same_logits(ti
     assert wb.load(folder).num_experts == keep
 
 
-def test_result_save_checkpoint_and_the_demo_shapes(tiny, tmp_path):
+def test_result_save_checkpoint_and_the_demo_shapes(tiny, tmp_path, capsys):
     lm = tiny("qwen3_moe")
     res = Pruner(lm, TEXTS, progress=False).prune(keep=5)
     out = res.save_checkpoint(lm, tmp_path / "ckpt")
     for name in ("config.json", "model.safetensors", "tokenizer.json", "pruning.csv", "pruning.json"):
         assert (out / name).is_file(), name
+    bar = capsys.readouterr().err  # writing a large checkpoint takes minutes: the steps show
+    assert "saving ckpt" in bar and "2/2" in bar, bar
+    save_pruned(res.apply(lm), tmp_path / "quiet", progress=False)
+    assert "saving" not in capsys.readouterr().err
     reloaded = wb.load(out)
     assert reloaded.num_experts == 5 and reloaded.saved_skip is None
     with wb.edit(lm, res.mask()):

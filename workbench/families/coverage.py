@@ -220,7 +220,7 @@ def check_pruning(lm, inputs) -> str:
     try:
         small = prune_model(lm, {layer: keep for layer in learned})
         with tempfile.TemporaryDirectory() as folder:
-            save_pruned(small, folder)
+            save_pruned(small, folder, progress=False)
             plain = type(lm.model).from_pretrained(folder).eval()
             with wb.edit(lm, wb.Mask({layer: dropped for layer in learned})):
                 expected = _forward(lm, inputs)

@@ -56,7 +56,7 @@ def prune_job(lm, texts, out, *, keep=None, share=None, method="enumerate", prog
     if skip:
         cal = calibrate_skipping(result.apply(lm), texts, batch_size=batch_size, max_length=max_length,
                                  progress=progress, preset=preset)
-    result.save_checkpoint(lm, out, skip=cal)
+    result.save_checkpoint(lm, out, skip=cal, progress=progress)
     if cal is not None:
         cal.save(Path(out) / "skipping.csv")
     return result
@@ -70,5 +70,5 @@ def skip_job(lm, texts, out, *, scale=1.0, batch_size=None, max_length=None, pro
     with saved_skipping_off(lm):
         cal = calibrate_skipping(lm, texts, batch_size=batch_size, max_length=max_length, progress=progress,
                                  preset=preset)
-    cal.save_checkpoint(lm, out, scale=scale)
+    cal.save_checkpoint(lm, out, scale=scale, progress=progress)
     return cal

@@ -112,7 +112,7 @@ class PruningResult:
                 "losses": {str(c.layer): c.loss for c in self.layers}}
         return prune_model(lm, self.kept, meta=meta)
 
-    def save_checkpoint(self, lm, out, *, skip=None) -> Path:
+    def save_checkpoint(self, lm, out, *, skip=None, progress: bool = True) -> Path:
         """Write the pruned checkpoint (weights, config, tokenizer) and this result's CSV/JSON to ``out``.
 
         Args:
@@ -120,6 +120,7 @@ class PruningResult:
             out: checkpoint folder.
             skip: optional :class:`~workbench.pruning.skipping.SkipCalibration` of the *pruned* model,
                 whose thresholds are saved in the config.
+            progress: a ``tqdm.auto`` bar while the checkpoint is written.
         """
         from workbench.pruning.slicing import save_pruned
 
@@ -127,7 +128,7 @@ class PruningResult:
         if skip is not None:
             skip.check_model(pruned)
             skip.write_config(pruned.model.config)
-        out = save_pruned(pruned, out)
+        out = save_pruned(pruned, out, progress=progress)
         self.save(out)
         return out
 

@@ -196,8 +196,9 @@ class SkipCalibration:
         """Store the thresholds in a transformers config (``workbench_skip_beta``)."""
         setattr(config, SKIP_KEY, {str(layer): b for layer, b in self.thresholds(scale).items()})
 
-    def save_checkpoint(self, lm, out, scale: float = 1.0) -> Path:
-        """Write ``lm`` (weights, tokenizer) with the thresholds in its config, and ``skipping.csv``."""
+    def save_checkpoint(self, lm, out, scale: float = 1.0, *, progress: bool = True) -> Path:
+        """Write ``lm`` (weights, tokenizer) with the thresholds in its config, and ``skipping.csv``
+        (``progress``: a ``tqdm.auto`` bar while the checkpoint is written)."""
         check_scale(scale)
         self.check_model(lm)
         out = Path(out)
@@ -208,7 +209,7 @@ class SkipCalibration:
         before = getattr(config, SKIP_KEY, None)
         try:
             self.write_config(config, scale)
-            save_pruned(lm, out)
+            save_pruned(lm, out, progress=progress)
         finally:
             if before is None:
                 if hasattr(config, SKIP_KEY):

@@ -28,7 +28,7 @@ Example:
     >>> small = prune_model(lm, {0: [0, 2, 4, 6], 1: [1, 2, 3, 4]})
     >>> small.num_experts, tuple(small.experts(0).gate_up_proj.shape)
     (4, (4, 32, 32))
-    >>> folder = save_pruned(small, tempfile.mkdtemp())
+    >>> folder = save_pruned(small, tempfile.mkdtemp(), progress=False)
     >>> plain = AutoModelForCausalLM.from_pretrained(folder)
     >>> ids = torch.tensor([[1, 5, 9, 12]])
     >>> torch.allclose(plain(ids).logits, small.model(ids).logits)
@@ -223,12 +223,15 @@ def prune_model(lm, kept: dict, *, meta: dict | None = None):
     return wrap(model, lm.tokenizer, source=f"pruned {lm.source} (r={keep})")
 
 
-def save_pruned(pruned_lm, out, tokenizer=None) -> Path:
+def save_pruned(pruned_lm, out, tokenizer=None, *, progress: bool = True) -> Path:
     """Write a pruned model (and its tokenizer) as a safetensors checkpoint folder.
 
     ``AutoModelForCausalLM.from_pretrained(out)`` loads it without the workbench; ``workbench.load(out)``
-    also re-applies dynamic-skipping thresholds saved in its config.
+    also re-applies dynamic-skipping thresholds saved in its config. ``progress`` shows a ``tqdm.auto``
+    bar over the steps (weights, then tokenizer): writing a large model's shards takes minutes.
     """
+    from tqdm.auto import tqdm
+
     from workbench.outputs import check_not_input
 
     out = Path(out)
@@ -239,9 +242,15 @@ def save_pruned(pruned_lm, out, tokenizer=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("model*.safetensors*"):  # shards of an earlier result of ours: never mixed with new ones
         old.unlink()
-    pruned_lm.model.save_pretrained(out, safe_serialization=True)
-    (out / ".moe-workbench").write_text('{"written_by": "moe-workbench", "command": "checkpoint"}\n')
     tokenizer = tokenizer if tokenizer is not None else pruned_lm.tokenizer
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    with tqdm(total=1 + (tokenizer is not None), desc=f"saving {out.name}", unit="step",
+              disable=not progress) as bar:
+        bar.set_postfix_str("weights")
+        pruned_lm.model.save_pretrained(out, safe_serialization=True)
+        (out / ".moe-workbench").write_text('{"written_by": "moe-workbench", "command": "checkpoint"}\n')
+        bar.update()
+        if tokenizer is not None:
+            bar.set_postfix_str("tokenizer")
+            tokenizer.save_pretrained(out)
+            bar.update()
     return out
