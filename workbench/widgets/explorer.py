@@ -179,10 +179,12 @@ class RoutingExplorer(W.VBox):
 
     def _doc_changed(self, change=None) -> None:
         """A new document: bound "from token" to its length (back to its start), then redraw."""
+        moves = self.start.value != 0  # then its observer redraws: once is enough
         with self.start.hold_trait_notifications():
             self.start.value = 0
             self.start.max = self._last_start(self.doc.value)
-        self._update_tokens()
+        if not moves:
+            self._update_tokens()
 
     def _update_tokens(self, change=None) -> None:
         layers = [self.trace.layers[p] for p in self._layer_pos()]

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 
 import ipywidgets as W
 
@@ -99,6 +100,7 @@ class SteeringPanel(W.VBox):
         self.lm, self.sets, self.behaviour = lm, {str(k): list(v) for k, v in sets.items()}, behaviour
         self.permutations = permutations
         self.contrast = self.experiment = self.comparison = None
+        self._outline_held = False  # see _holding_outline
         names = list(self.sets)
         if contrast is not None:
             a, b = self._sets_of(contrast, a, b)
@@ -215,14 +217,14 @@ class SteeringPanel(W.VBox):
                                  if r.risk_diff < 0]
         table = contrast.table
         self.table.value = _table_html(table)
-        set_figure(self.heatmap_slot, contrast.plot())
-        self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}  rd={r.risk_diff:+.3f}",
-                                 (int(r.layer), int(r.expert))) for r in table.itertuples()]
-        if self.top_n.value == 0:
-            self.top_n.value = min(10, self.top_n.max)
-        else:
-            self._select_top()
-        self._outline()
+        with self._holding_outline():
+            self.experts.options = [(f"L{r.layer}/E{r.expert}  d={r.effect:+.2f}  p={r.p:.3g}  rd={r.risk_diff:+.3f}",
+                                     (int(r.layer), int(r.expert))) for r in table.itertuples()]
+            if self.top_n.value == 0:
+                self.top_n.value = min(10, self.top_n.max)
+            else:
+                self._select_top()
+        self._outline(base=contrast.plot())
 
     def show_experiment(self, experiment) -> None:
         """Show a finished experiment: the bar chart and the summary."""
@@ -230,22 +232,40 @@ class SteeringPanel(W.VBox):
         set_figure(self.experiment_slot, experiment.plot())
         self.summary.value = "<pre>" + html.escape("\n".join(experiment.report_lines())) + "</pre>"
 
-    def _outline(self, _change=None) -> None:
-        """Outline the selected experts (and, for SteerMoE, those switched on) on the heatmap."""
-        if self.contrast is None:
+    @contextmanager
+    def _holding_outline(self):
+        """Selection changes inside redraw the heatmap not once each but once after (by the caller):
+        each redraw sends a whole new figure to the browser."""
+        before, self._outline_held = self._outline_held, True
+        try:
+            yield
+        finally:
+            self._outline_held = before
+
+    def _outline(self, _change=None, *, base=None) -> None:
+        """Outline the selected experts (and, for SteerMoE, those switched on) on the heatmap, or on
+        ``base`` (a new contrast's figure), shown in its place."""
+        if self.contrast is None or self._outline_held:
             return
         on = self.activated if self.preset.value == "steermoe" else []
+        shapes = outline_shapes(self.contrast.layers, self.selected, on)
+        if base is not None:
+            base.layout.shapes = shapes
+            set_figure(self.heatmap_slot, base)
+            return
         with self.heatmap_slot.edit() as fig:
-            fig.layout.shapes = outline_shapes(self.contrast.layers, self.selected, on)
+            fig.layout.shapes = shapes
 
     def _select_top(self, _change=None) -> None:
         """Preselect the top-N (by the method's ranking) and, for SteerMoE, set B's experts to switch on."""
         if self.contrast is None:
             return
         by = steering.get_preset(self.preset.value).rank_by
-        self.experts.value = tuple(self.contrast.top(self.top_n.value, by=by)) if self.top_n.value else ()
-        on, _ = steering.select_steermoe(self.contrast, self.activate_n.value, 0, self.lm.top_k)
-        self.activate.value = tuple(on)
+        with self._holding_outline():
+            self.experts.value = tuple(self.contrast.top(self.top_n.value, by=by)) if self.top_n.value else ()
+            on, _ = steering.select_steermoe(self.contrast, self.activate_n.value, 0, self.lm.top_k)
+            self.activate.value = tuple(on)
+        self._outline()
 
     @property
     def selected(self) -> list[tuple[int, int]]:
