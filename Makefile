@@ -13,11 +13,12 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test install system-deps vllm-env lab docs clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# constraints.txt (scripts/lock.sh) pins every version to the set the suite last passed on
+$(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[notebook,nnsight,train,dev,docs]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebook,nnsight,train,dev,docs]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,5 +1,7 @@
 """Discovery, rule identification and the computed coverage matrix over transformers' own registry."""
 
+import types
+
 import pytest
 import torch
 
@@ -135,3 +137,36 @@ def test_null_experts_keep_their_own_ids():
     finally:
         lm.probes.remove_listener(listener)
     assert max(seen) < lm.num_experts and any(e >= lm.num_routed_experts for e in seen)
+
+
+def test_a_block_that_changes_the_routing_before_its_experts_is_read_at_the_router(monkeypatch):
+    import workbench.adapters.identify as identify_module
+
+    monkeypatch.setattr(identify_module, "_CACHE", {})  # the unpatched qwen3_moe may be cached
+    model, tokenizer = tiny_model("qwen3_moe")
+    called = []
+
+    # the block hands its experts the squared weights: no rule reproduces the experts call, while the
+    # router's own (logits, weights, indices) are softmax -> top-k -> renormalise
+    def squaring(block, hidden_states):
+        batch, length, hidden = hidden_states.shape
+        x = hidden_states.view(-1, hidden)
+        _, weights, indices = block.gate(x)
+        called.append((indices.clone(), weights.clone()))
+        return block.experts(x, indices, weights * weights).reshape(batch, length, hidden)
+    for layer in model.model.layers:
+        layer.mlp.forward = types.MethodType(squaring, layer.mlp)
+    adapter = identify(model, use_cache=False)
+    assert adapter.router_io == "logits_weights_indices" and "router's output" in adapter.notes
+    assert adapter.rule(model.config).describe() == "softmax -> top-k -> renormalise"
+
+    lm = wb.wrap(model, tokenizer)
+    text = ["the quick brown fox jumps"]
+    trace = wb.record(lm, text, progress=False)
+    banned = sorted({int(e) for e in trace.topk_idx[0][0].flatten()})  # the first token's experts
+    called.clear()
+    with wb.edit(lm, wb.Mask({lm.moe_layers[0]: banned})):  # edited at the router: the experts see it
+        edited = wb.record(lm, text, progress=False)
+    assert not set(edited.topk_idx[0].flatten().tolist()) & set(banned)
+    indices, weights = called[0]
+    assert not set(indices[weights > 0].tolist()) & set(banned)

@@ -14,7 +14,9 @@ none is exact, and says so. Biases are restored exactly afterwards, whatever hap
 
 The result is an :class:`~workbench.adapters.Adapter` with ``origin="identified"``, cached per model
 type and config, so identification runs once and adds nothing to later forward passes. Routing is
-read and replaced at the experts call (``router_io="experts_call"``).
+read and replaced at the experts call (``router_io="experts_call"``), or at the router's output
+(``"logits_weights_indices"``) when the block changes the routing between the two (LongCat-Flash's
+zero experts) and the router's own ``(logits, weights, indices)`` follow a rule.
 
 Example:
     >>> from workbench.testing import tiny_model
@@ -61,6 +63,12 @@ class LayerSample:
     idx: torch.Tensor
     w: torch.Tensor
     bias: dict
+    router_idx: torch.Tensor | None = None
+    router_w: torch.Tensor | None = None
+
+    def at_router(self) -> "LayerSample":
+        """This sample with the ``(idx, w)`` the router returned in place of the experts call's."""
+        return LayerSample(self.layer, self.logits, self.router_idx, self.router_w, self.bias)
 
 
 def identify(model: torch.nn.Module, *, use_cache: bool = True) -> Adapter:
@@ -79,7 +87,19 @@ def identify(model: torch.nn.Module, *, use_cache: bool = True) -> Adapter:
     learned = [s for s in samples if s.layer not in hashed]
     if not learned:
         raise IdentificationError(f"every MoE layer of {type(model).__name__} routes by token id; nothing to identify")
-    rule, bias_attr, how = _search(learned, k, _router_constants(model, structure))
+    constants = _router_constants(model, structure)
+    router_io = "experts_call"
+    try:
+        rule, bias_attr, how = _search(learned, k, constants)
+    except IdentificationError:
+        # a block may change the routing between its router and its experts (LongCat-Flash sends
+        # its zero experts' slots to the experts with weight 0 and adds them itself): identify the
+        # router's own (logits, weights, indices) and read and replace the routing there
+        if not all(s.router_idx is not None for s in learned):
+            raise
+        rule, bias_attr, how = _search([s.at_router() for s in learned], k, constants)
+        router_io = "logits_weights_indices"
+        how += "; read at the router's output (the block changes the routing before its experts call)"
     config = model.config
     width = int(learned[0].logits.shape[1])
     notes = [how]
@@ -92,7 +112,7 @@ def identify(model: torch.nn.Module, *, use_cache: bool = True) -> Adapter:
         num_experts=_from_config(config, EXPERT_ATTRS, width), top_k=_from_config(config, TOP_K_ATTRS, k),
         layers_path=_one(structure.stacks),
         block_attr=_one(structure.block_attrs), router_attr=structure.router_attr,
-        experts_attr=structure.experts_attr, router_io="experts_call", selection_bias_attr=bias_attr,
+        experts_attr=structure.experts_attr, router_io=router_io, selection_bias_attr=bias_attr,
         shared_expert_attrs=structure.shared_expert_attrs, text_config=lambda c: c.get_text_config(),
         router_output="probabilities" if rule.scoring == "probabilities" else "logits",
         notes="; ".join(notes), origin="identified")
@@ -223,7 +243,10 @@ def _one_pass(model, structure: Structure, blocks, layers) -> list[LayerSample]:
     for i in layers:
         def on_router(module, args, out, i=i):
             logits = out[0] if isinstance(out, (tuple, list)) else out
-            got.setdefault(i, {})["logits"] = logits.detach().reshape(-1, logits.shape[-1]).float()
+            entry = got.setdefault(i, {})
+            entry["logits"] = logits.detach().reshape(-1, logits.shape[-1]).float()
+            if _is_weights_indices(out):
+                entry["router"] = (out[2].detach().long(), out[1].detach())
 
         def on_experts(module, args, kwargs, i=i):
             got.setdefault(i, {})["call"] = list(seams.experts_call_args(args, kwargs))
@@ -246,8 +269,19 @@ def _one_pass(model, structure: Structure, blocks, layers) -> list[LayerSample]:
                 f"(got {_describe(entry.get('call'))}); this block needs an adapter file")
         bias = {} if is_hash_router(blocks[i].get_submodule(structure.router_attr)) else \
             {name: _bias_value(blocks[i], name) for name in structure.bias_candidates}
-        samples.append(LayerSample(i, entry["logits"], idx.detach().long(), w.detach(), bias))
+        router_idx, router_w = entry.get("router", (None, None))
+        samples.append(LayerSample(i, entry["logits"], idx.detach().long(), w.detach(), bias, router_idx, router_w))
     return samples
+
+
+def _is_weights_indices(out) -> bool:
+    """Whether a router returned ``(logits [T, E'], weights [T, k], indices [T, k], ...)``."""
+    if not (isinstance(out, (tuple, list)) and len(out) >= 3
+            and all(isinstance(t, torch.Tensor) for t in out[:3])):
+        return False
+    logits, w, idx = out[0], out[1], out[2]
+    return (w.dim() == 2 and w.shape == idx.shape and w.is_floating_point() and not idx.is_floating_point()
+            and logits.reshape(-1, logits.shape[-1]).shape[0] == idx.shape[0])
 
 
 def _bias_value(block, name: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Llama-4 (text): top-k of the logits, weight = sigmoid(logit); one shared expert.
+"""Llama-4 (text, and the language model of the multimodal Llama4ForConditionalGeneration): top-k of the logits, weight = sigmoid(logit); one shared expert.
 
 The router returns dense ``[T, E]`` scores (0 for unselected experts) and the logits; the block
 scales each expert's *input* by its score. Dense and MoE layers may interleave (``moe_layers``).
@@ -17,4 +17,19 @@ LLAMA4 = register(Adapter(
     router_attr="router",
     router_io="scores_logits",
     shared_expert_attrs=("shared_expert",),
+))
+
+LLAMA4_MULTIMODAL = register(Adapter(
+    name="llama4_multimodal",
+    model_types=("llama4",),
+    rule=lambda c: RoutingRule("topk_sigmoid"),
+    num_experts=lambda c: c.get_text_config().num_local_experts,
+    top_k=lambda c: c.get_text_config().num_experts_per_tok,
+    layers_path="language_model.model.layers",
+    block_attr="feed_forward",
+    router_attr="router",
+    router_io="scores_logits",
+    shared_expert_attrs=("shared_expert",),
+    text_config=lambda c: c.get_text_config(),
+    notes="the language model of Llama4ForConditionalGeneration (its vision encoder has no experts)",
 ))

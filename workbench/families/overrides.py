@@ -45,6 +45,8 @@ OVERRIDES: dict[str, object] = {
     "glm4v_moe_text": _mrope(8, 12, 12),
     "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"]},  # no attention by default
     "hunyuan_v1_moe": {"head_dim": 16, "num_experts": 8, "moe_topk": 2},  # head_dim None, 1 expert by default
+    # index layouts are derived from the depth when unset; the indexer has at most 2 heads per key head here
+    "kolibri1_1": {"index_layers": None, "kv_source_layers": None, "index_num_heads": 2},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},  # unset by default, but required
     "qwen3_omni_moe": _qwen3_omni_moe,
     "qwen3_omni_moe_talker_text": {"shared_expert_intermediate_size": 32},  # read, but not a field
