@@ -12,15 +12,15 @@ set -euo pipefail
 VENV=${1:-.venv}
 VLLM_VENV=${2:-.venv-vllm}
 
-lock() {  # lock VENV FILE WHAT
+lock() {  # lock VENV FILE WHAT BUMP
   {
     echo "# Written by scripts/lock.sh from a passing $1: the versions $3 installs (pip -c)."
-    echo "# Bump: upgrade in $1, run the tests, \`python -m workbench families --write\`, then this script."
+    echo "# Bump: upgrade in $1, run the tests$4, then this script."
     "$1/bin/python" -m pip freeze --exclude-editable | grep -viE '^(torch|moe-workbench)([=@ ]|$)'
   } > "$2"
   echo "written: $2 ($(grep -vc '^#' "$2") packages)"
 }
-lock "$VENV" constraints.txt "\`make install\`"
+lock "$VENV" constraints.txt "\`make install\`" ", \`python -m workbench families --write\`"
 if [[ -x "$VLLM_VENV/bin/python" ]]; then
-  lock "$VLLM_VENV" constraints-vllm.txt "scripts/vllm-env.sh"
+  lock "$VLLM_VENV" constraints-vllm.txt "scripts/vllm-env.sh" " (the vLLM tier)"
 fi
